@@ -1,0 +1,413 @@
+"""Lexicon-based moderation of chat input and (streamed) output.
+
+Levels and the wire (spec §4): a :class:`Verdict`'s ``level`` is the response's ``flag``;
+``need_clear_history`` is ``level >= 2``; ``ban_round`` is set when ``level >= 2``.
+
+**Rounds** (``ban_round``): round *k* is the *k*-th ``user`` message of ``messages``, counted
+from 1. The last user message is the current question and is reported as ``-1`` (not as its
+number). Hits in ``system`` or ``user_setting`` count as the current question (``-1``). Only
+user messages, ``system`` and ``user_setting`` are checked on input (assistant turns are
+model output). When several hits share the highest level, the current question wins, otherwise
+the latest round.
+
+**Policies** (per service):
+
+* ``off`` — no moderation at all;
+* ``default`` — levels from the lexicon (after the operator's category overrides); Latin
+  terms (those starting/ending with ``[a-z0-9]`` once normalised) must sit on a word boundary
+  of the original text, so ``ass`` does not fire inside ``class``; CJK terms match anywhere;
+* ``strict`` — every hit counts at least level 2 (so nothing is merely masked: the chat is
+  closed), the wider ``strict`` normalisation is used (diacritics stripped, Cyrillic/Greek
+  look-alikes and leetspeak folded, see :mod:`.normalize`), and Latin terms match inside words.
+
+**Output** (:class:`OutputFilter`): text is held back until it can no longer be the start of a
+lexicon term: the last ``holdback`` (= longest normalised deny term − 1) normalised characters,
+mapped back to the original text; a deny hit that could still be covered by a longer
+allow-list match, or whose word boundary depends on the next character, is held as well.
+Level-1 terms are masked with one ``*`` per original character; at level >= 2 the filter stops:
+the text before the term is returned with the verdict and nothing after it is ever released.
+
+**Events**: every hit that takes effect (after allow-list and policy) increments
+``qfserve_moderation_events_total{category,level,direction}`` once, and is logged on the
+``qfserve.safety`` logger with category, level, term length and a short hash of the lexicon
+term — never the user's or the model's text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from . import metrics
+from .lexicon import Entry, LexiconError, Matcher, Term, compile_matcher, read_allow, read_deny
+from .normalize import Positions
+
+log = logging.getLogger("qfserve.safety")
+
+POLICIES = ("off", "default", "strict")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: int = 0                  # 0..3 → the wire's `flag`
+    category: str | None = None
+    ban_round: int | None = None    # -1 current question; set when level >= 2
+
+    @property
+    def need_clear_history(self) -> bool:
+        return self.level >= 2
+
+
+SAFE = Verdict()
+
+
+@dataclass(slots=True)
+class Hit:
+    os: int          # original start (inclusive)
+    oe: int          # original end (exclusive)
+    level: int       # effective level
+    term: Term
+    decided: bool    # False: more text could still change it (allow-list / word boundary)
+
+
+def _word(c: str) -> bool:
+    return ("a" <= c <= "z") or ("0" <= c <= "9")
+
+
+def _scan(m: Matcher, text: str, norm: str, final: bool, floor: int, boundaries: bool,
+          pos: Positions | None = None) -> tuple[list[Hit], Positions | None]:
+    """All effective deny hits in ``text`` (whose normalised form is ``norm``)."""
+    raw = list(m.deny.iter(norm))
+    if not raw:
+        return [], pos
+    tbl = m.table
+    if pos is None:
+        pos = Positions(text, tbl)
+    n = len(norm)
+    spans = [(end - ln + 1, end + 1) for end, ln in m.allow.iter(norm)] if m.allow is not None else ()
+    hits = []
+    for end, t in raw:
+        s, e = end - t.length + 1, end + 1
+        if spans and any(a <= s and e <= b for a, b in spans):
+            continue
+        decided = final or m.allow is None or s + m.max_allow <= n
+        os_ = pos.orig(s)
+        oe = pos.orig(e - 1) + 1
+        if boundaries:
+            if t.word_left:
+                if s > 0 and pos.orig(s - 1) == os_:
+                    prev = _word(norm[s - 1])          # same original char (e.g. "㎏")
+                elif os_ > 0:
+                    r = tbl.get(ord(text[os_ - 1]), text[os_ - 1])
+                    prev = bool(r) and _word(r[-1])
+                else:
+                    prev = False
+                if prev:
+                    continue
+            if t.word_right:
+                if e < n and pos.orig(e) == oe - 1:
+                    nxt = _word(norm[e])
+                elif oe < len(text):
+                    r = tbl.get(ord(text[oe]), text[oe])
+                    nxt = bool(r) and _word(r[0])
+                else:
+                    nxt = False
+                    if not final:
+                        decided = False
+                if nxt:
+                    continue
+        hits.append(Hit(os_, oe, max(t.level, floor), t, decided))
+    return hits, pos
+
+
+@dataclass(frozen=True)
+class _State:
+    default: Matcher | None = None
+    strict: Matcher | None = None
+    n_terms: int = 0
+
+
+class Moderator:
+    """Lexicon moderator. Cheap to call when no lexicon is configured.
+
+    Thread-safe: :meth:`reload` swaps a compiled, immutable state in one assignment; checks and
+    output filters take a snapshot of the state when they start.
+    """
+
+    def __init__(self, lexicons: list[str] | None = None, allow: str | None = None,
+                 category_levels: dict[str, int] | None = None):
+        self.lexicons = list(lexicons or [])
+        self.allow = allow
+        self.category_levels = dict(category_levels or {})
+        self.last_reload_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._state = _State()
+
+    @classmethod
+    def from_files(cls, lexicons: list[str], allow: str | None,
+                   category_levels: dict[str, int] | None = None) -> "Moderator":
+        """Load lexicons now; raises :class:`LexiconError` on a missing or malformed file."""
+        m = cls(lexicons, allow, category_levels)
+        m._state = m._load()
+        return m
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Moderator":
+        """``QFSERVE_SAFETY_LEXICON`` (paths joined by ``os.pathsep``), ``QFSERVE_SAFETY_ALLOW``,
+        ``QFSERVE_SAFETY_CATEGORY_LEVELS`` (``cat=level,cat=level``)."""
+        env = os.environ if environ is None else environ
+        lex = [p for p in env.get("QFSERVE_SAFETY_LEXICON", "").split(os.pathsep) if p]
+        return cls.from_files(lex, env.get("QFSERVE_SAFETY_ALLOW") or None,
+                              parse_category_levels(env.get("QFSERVE_SAFETY_CATEGORY_LEVELS", "")))
+
+    @property
+    def enabled(self) -> bool:
+        return self._state.default is not None
+
+    @property
+    def n_terms(self) -> int:
+        return self._state.n_terms
+
+    def _load(self) -> _State:
+        entries: list[Entry] = []
+        for p in self.lexicons:
+            entries.extend(read_deny(p))
+        allow = read_allow(self.allow) if self.allow else []
+        for c, lv in self.category_levels.items():
+            if not isinstance(lv, int) or not 0 <= lv <= 3:
+                raise LexiconError(f"category level for {c!r} must be 0..3, got {lv!r}")
+        if not entries:
+            return _State()
+        d = compile_matcher("default", entries, allow, self.category_levels)
+        s = compile_matcher("strict", entries, allow, self.category_levels)
+        if d.skipped:
+            log.warning("safety: %d lexicon term(s) normalise to nothing and were skipped: %s",
+                        len(d.skipped), ",".join(d.skipped[:10]))
+        if d.deny is None:
+            return _State()
+        log.info("safety: loaded %d deny term(s) from %d file(s), %d allow term(s)",
+                 d.n_terms, len(self.lexicons), d.n_allow)
+        return _State(d, s, d.n_terms)
+
+    def reload(self) -> None:
+        """Re-read the same files; on failure keep the current lexicon and log the error
+        (also kept in :attr:`last_reload_error`)."""
+        with self._reload_lock:
+            try:
+                st = self._load()
+            except Exception as e:
+                self.last_reload_error = str(e)
+                log.error("safety: reload failed, keeping the previous lexicon: %s", e)
+                return
+            self._state = st
+            self.last_reload_error = None
+
+    def _mode(self, policy: str | None) -> tuple[Matcher, int, bool] | None:
+        policy = policy or "default"
+        if policy not in POLICIES:
+            raise ValueError(f"unknown moderation policy {policy!r} (expected one of {POLICIES})")
+        st = self._state
+        if policy == "off" or st.default is None:
+            return None
+        if policy == "strict":
+            return st.strict, 2, False
+        return st.default, 0, True
+
+    def check_input(self, messages: list[tuple[str, str]], system: str | None = None,
+                    user_setting: str | None = None, policy: str = "default") -> Verdict:
+        """Verdict over the user messages, ``system`` and ``user_setting`` (see module doc for rounds)."""
+        mode = self._mode(policy)
+        if mode is None:
+            return SAFE
+        m, floor, boundaries = mode
+        tbl = m.table
+        sources: list[tuple[int, str]] = []
+        last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
+        k = 0
+        for i, (role, content) in enumerate(messages):
+            if role != "user":
+                continue
+            k += 1
+            if isinstance(content, str) and content:
+                sources.append((-1 if i == last_user else k, content))
+        for extra in (system, user_setting):
+            if isinstance(extra, str) and extra:
+                sources.append((-1, extra))
+        found: list[tuple[int, Hit]] = []
+        for rnd, text in sources:
+            hits, _ = _scan(m, text, text.translate(tbl), True, floor, boundaries)
+            found.extend((rnd, h) for h in hits)
+        if not found:
+            return SAFE
+        rnd, best = max(found, key=lambda rh: (rh[1].level, rh[0] == -1, rh[0]))
+        v = Verdict(best.level, best.term.category, rnd if best.level >= 2 else None)
+        for r, h in found:
+            metrics.count(h.term.category, h.level, "input")
+        log.log(logging.WARNING if v.level >= 2 else logging.INFO,
+                "safety input: flag=%d category=%s ban_round=%s policy=%s hits=%s",
+                v.level, v.category, v.ban_round, policy or "default",
+                [(h.term.category, h.level, h.term.length, h.term.digest, r) for r, h in found])
+        return v
+
+    def output_filter(self, policy: str = "default") -> "OutputFilter":
+        mode = self._mode(policy)
+        if mode is None:
+            return OutputFilter(None, 0, True)
+        return OutputFilter(*mode)
+
+
+class OutputFilter:
+    """Incremental moderation of one generated answer (see module doc).
+
+    ``feed(text)`` → ``(safe_text, verdict_or_None)``: a non-None verdict (level >= 2) means
+    stop generating; ``safe_text`` is then what precedes the term. After that, ``feed`` and
+    ``finish`` return ``("", verdict)``. ``finish()`` releases the held tail and returns the
+    overall verdict (level 1 if anything was masked, else 0).
+    """
+
+    def __init__(self, matcher: Matcher | None, floor: int, boundaries: bool):
+        self._m = matcher
+        self._floor = floor
+        self._boundaries = boundaries
+        self._buf = ""
+        self._sent = 0
+        self._stop: Verdict | None = None
+        self._level = 0
+        self._category: str | None = None
+        if matcher is None:
+            self._hold = 0
+            self._ctx = 0
+        else:
+            self._hold = max(matcher.max_deny - 1, 0)
+            self._ctx = (matcher.max_allow if matcher.allow is not None else 0) + 1
+
+    @property
+    def holdback(self) -> int:
+        """Normalised characters held back at the end of the stream so far (longest term − 1)."""
+        return self._hold
+
+    @property
+    def verdict(self) -> Verdict:
+        """Overall verdict so far."""
+        if self._stop is not None:
+            return self._stop
+        return Verdict(self._level, self._category) if self._level else SAFE
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop is not None
+
+    def feed(self, text: str) -> tuple[str, Verdict | None]:
+        if self._m is None:
+            return text, None
+        if self._stop is not None:
+            return "", self._stop
+        if text:
+            self._buf += text
+        return self._process(False)
+
+    def finish(self) -> tuple[str, Verdict]:
+        if self._m is None:
+            return "", SAFE
+        if self._stop is not None:
+            return "", self._stop
+        out, v = self._process(True)
+        return out, v if v is not None else self.verdict
+
+    def _process(self, final: bool) -> tuple[str, Verdict | None]:
+        m, buf, sent = self._m, self._buf, self._sent
+        tbl = m.table
+        norm = buf.translate(tbl)
+        hits, pos = _scan(m, buf, norm, final, self._floor, self._boundaries)
+        hits = [h for h in hits if h.os >= sent]
+        stops = [h for h in hits if h.decided and h.level >= 2]
+        if stops:
+            limit = min(h.os for h in stops)
+        elif final or self._hold == 0:
+            limit = len(buf)
+        else:
+            if pos is None:
+                pos = Positions(buf, tbl)
+            limit = max(pos.orig(max(0, len(norm) - self._hold)), sent)
+        # Never release an undecided hit, nor part of a level-1 hit (unless we stop anyway,
+        # in which case a level-1 hit overlapping the stop term is masked as far as released).
+        changed = True
+        while changed:
+            changed = False
+            for h in hits:
+                if h.os < limit and (not h.decided or (h.oe > limit and not stops)):
+                    limit = h.os
+                    changed = True
+        seg = buf[sent:limit]
+        masked = [h for h in hits if h.decided and h.level == 1 and h.os < limit]
+        if masked:
+            chars = list(seg)
+            for h in masked:
+                for i in range(h.os, min(h.oe, limit)):
+                    chars[i - sent] = "*"
+                metrics.count(h.term.category, 1, "output")
+                log.info("safety output: masked category=%s level=1 len=%d term=%s",
+                         h.term.category, h.term.length, h.term.digest)
+                if self._level < 1:
+                    self._level, self._category = 1, h.term.category
+            seg = "".join(chars)
+        if stops:
+            top = max(stops, key=lambda h: (h.level, -h.os))
+            for h in stops:
+                metrics.count(h.term.category, h.level, "output")
+            log.warning("safety output: stopped flag=%d category=%s hits=%s", top.level, top.term.category,
+                        [(h.term.category, h.level, h.term.length, h.term.digest) for h in stops])
+            self._stop = Verdict(top.level, top.term.category, -1)
+            self._buf, self._sent = "", 0
+            return seg, self._stop
+        if final:
+            self._buf, self._sent = "", 0
+            return seg, None
+        # Keep a little released text as left context (allow-list matches, word boundaries).
+        sent = limit
+        if pos is None:
+            pos = Positions(buf, tbl)
+        keep_norm = pos.norm_count(sent) - self._ctx
+        keep_from = max(sent - 1, 0)
+        if keep_norm > 0:
+            keep_from = min(keep_from, pos.orig(keep_norm))
+        else:
+            keep_from = 0
+        self._buf = buf[keep_from:]
+        self._sent = sent - keep_from
+        return seg, None
+
+
+def parse_category_levels(spec: str) -> dict[str, int]:
+    """``"politics=3,ads=1"`` → ``{"politics": 3, "ads": 1}`` (for env vars / CLI flags)."""
+    out: dict[str, int] = {}
+    for part in spec.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        cat, sep, lv = part.rpartition("=")
+        if not sep or not cat.strip():
+            raise ValueError(f"bad category level {part!r}, expected category=level")
+        level = int(lv)
+        if not 0 <= level <= 3:
+            raise ValueError(f"category level must be 0..3, got {part!r}")
+        out[cat.strip()] = level
+    return out
+
+
+def install_sighup_reload(moderator: Moderator) -> object | None:
+    """Reload ``moderator`` on SIGHUP. Call from the main thread. The reload runs in a
+    background thread so the event loop is never blocked by compiling a large lexicon.
+    Returns the previous handler (None where SIGHUP does not exist)."""
+    sig = getattr(signal, "SIGHUP", None)
+    if sig is None:
+        return None
+
+    def _handler(signum, frame):
+        log.info("safety: SIGHUP, reloading lexicons")
+        threading.Thread(target=moderator.reload, name="safety-reload", daemon=True).start()
+
+    return signal.signal(sig, _handler)
