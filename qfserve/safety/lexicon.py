@@ -18,7 +18,7 @@ level for every term of that category; level 0 there switches a category off.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import normalize
 
@@ -97,6 +97,8 @@ class Term:
     word_left: bool      # starts with [a-z0-9]: needs a word boundary before it (default mode)
     word_right: bool     # ends with [a-z0-9]: needs a word boundary after it
     digest: str
+    allow_tail: int = 0  # >0: some allow term contains this term; a hit at normalised start s
+                         # is only decided once the text reaches s + allow_tail
 
 
 @dataclass
@@ -132,6 +134,23 @@ def compile_matcher(kind: str, entries: list[Entry], allow: list[str],
         old = best.get(key)
         if old is None or t.level > old.level:
             best[key] = t
+    keys = {t.translate(tbl) for t in allow}
+    keys.discard("")
+    if keys and best:
+        # For each deny term, how far past its start an allow term containing it can reach.
+        probe = ahocorasick.Automaton()
+        for key in best:
+            probe.add_word(key, key)
+        probe.make_automaton()
+        relevant = set()
+        for akey in keys:
+            for end, key in probe.iter(akey):
+                relevant.add(akey)
+                tail = len(akey) - (end - len(key) + 1)
+                t = best[key]
+                if tail > t.allow_tail:
+                    best[key] = replace(t, allow_tail=tail)
+        keys = relevant  # allow terms containing no deny term can never suppress anything
     if best:
         a = ahocorasick.Automaton()
         for key, t in best.items():
@@ -140,8 +159,6 @@ def compile_matcher(kind: str, entries: list[Entry], allow: list[str],
         m.deny = a
         m.max_deny = max(t.length for t in best.values())
         m.n_terms = len(best)
-    keys = {t.translate(tbl) for t in allow}
-    keys.discard("")
     if keys and best:
         a = ahocorasick.Automaton()
         for key in keys:

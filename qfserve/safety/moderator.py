@@ -15,7 +15,9 @@ the latest round.
 * ``off`` — no moderation at all;
 * ``default`` — levels from the lexicon (after the operator's category overrides); Latin
   terms (those starting/ending with ``[a-z0-9]`` once normalised) must sit on a word boundary
-  of the original text, so ``ass`` does not fire inside ``class``; CJK terms match anywhere;
+  of the original text, so ``ass`` does not fire inside ``class``, and a Latin term spread
+  over several whitespace-separated words only counts when those are single letters
+  (``f o o b a r`` hits ``foobar``, ``foo bar`` does not); CJK terms match anywhere;
 * ``strict`` — every hit counts at least level 2 (so nothing is merely masked: the chat is
   closed), the wider ``strict`` normalisation is used (diacritics stripped, Cyrillic/Greek
   look-alikes and leetspeak folded, see :mod:`.normalize`), and Latin terms match inside words.
@@ -93,7 +95,7 @@ def _scan(m: Matcher, text: str, norm: str, final: bool, floor: int, boundaries:
         s, e = end - t.length + 1, end + 1
         if spans and any(a <= s and e <= b for a, b in spans):
             continue
-        decided = final or m.allow is None or s + m.max_allow <= n
+        decided = final or t.allow_tail == 0 or s + t.allow_tail <= n
         os_ = pos.orig(s)
         oe = pos.orig(e - 1) + 1
         if boundaries:
@@ -119,6 +121,13 @@ def _scan(m: Matcher, text: str, norm: str, final: bool, floor: int, boundaries:
                         decided = False
                 if nxt:
                     continue
+            if oe - os_ > t.length and (t.word_left or t.word_right):
+                span = text[os_:oe]
+                if any(c.isspace() for c in span):
+                    # Spread over several words: only letter-spacing ("f o o b a r") counts,
+                    # not ordinary words that happen to concatenate ("foo bar").
+                    if any(len(p.translate(tbl)) > 1 for p in span.split()):
+                        continue
         hits.append(Hit(os_, oe, max(t.level, floor), t, decided))
     return hits, pos
 
