@@ -1,0 +1,3 @@
+from qfserve.cli.main import app
+
+app()

@@ -1,0 +1,103 @@
+"""The FastAPI application: wires settings, store, engines and domain pieces, then mounts the routes."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI
+
+from qfserve.api import chat, console, health, oauth
+from qfserve.api.errors import install_error_handlers
+from qfserve.auth.throttle import FailedAuthThrottle
+from qfserve.chat.serving import ChatServing
+from qfserve.config import Settings
+from qfserve.engine.base import Engine
+from qfserve.limits import make_limiter
+from qfserve.services.engines import EngineRegistry
+from qfserve.store import services as service_store
+from qfserve.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def embedded_engine_factory(settings: Settings) -> Callable[[str], Engine]:
+    def make(model_path: str) -> Engine:
+        from qfserve.engine.llamacpp.client import LlamaCppEngine
+
+        return LlamaCppEngine(
+            model_path,
+            parallel=settings.parallel,
+            ctx_per_seq=settings.ctx_per_seq,
+            threads=settings.threads,
+            queue_size=settings.queue_size,
+        )
+
+    return make
+
+
+def _moderator(settings: Settings):
+    if not settings.safety_lexicon:
+        return None
+    from qfserve.safety import Moderator, install_sighup_reload
+
+    moderator = Moderator.from_files(
+        [str(p) for p in settings.safety_lexicon],
+        str(settings.safety_allow) if settings.safety_allow else None,
+        settings.safety_category_levels or None,
+    )
+    install_sighup_reload(moderator)
+    return moderator
+
+
+def _memory(settings: Settings, store: Store):
+    try:  # TODO(lead): drop once memory lands
+        from qfserve.memory import MemoryManager
+    except ImportError:
+        return None
+
+    return MemoryManager(store, max_per_user=settings.memory_max_per_user,
+                         max_block_chars=settings.memory_max_block_chars)
+
+
+def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.settings = settings
+        state.store = Store(settings.data_dir)
+        state.limiter = make_limiter(settings.limiter, settings.redis_url)
+        state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
+        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
+        state.moderator = _moderator(settings)
+        state.serving = ChatServing(
+            store=state.store, engines=state.engines, limiter=state.limiter, ctx_per_seq=settings.ctx_per_seq,
+            moderator=state.moderator, memory=_memory(settings, state.store),
+        )
+        state.shutting_down = False
+        # Load every published service's base model now, so the first request doesn't pay for it.
+        for model in sorted({s.model for s in service_store.list_services(state.store)}):
+            try:
+                await state.engines.get(model)
+            except (FileNotFoundError, ValueError) as exc:
+                log.error("cannot load model %s: %s", model, exc)
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            await state.serving.drain()
+            await state.engines.close()
+            await state.limiter.close()
+            state.store.close()
+
+    app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    for module in (oauth, chat, console, health):
+        app.include_router(module.router)
+    try:  # TODO(lead): drop once memory lands
+        from qfserve.api import memory_routes
+        app.include_router(memory_routes.router)
+    except ImportError:
+        pass
+    return app

@@ -1,0 +1,31 @@
+"""The `qfserve` command."""
+
+from __future__ import annotations
+
+import typer
+
+from qfserve.cli import apps, services
+from qfserve.cli.serve import serve
+
+app = typer.Typer(
+    name="qfserve",
+    help="Serve fine-tuned chat models over Baidu Qianfan's v1 chat API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve)
+app.add_typer(apps.app, name="app")
+app.add_typer(services.app, name="service")
+
+
+def _mount_optional() -> None:
+    # Sub-apps whose modules import heavier dependencies only when their commands run.
+    try:  # TODO(lead): drop once memory/sft land
+        from qfserve.cli import memory, sft
+    except ImportError:
+        return
+    app.add_typer(memory.app, name="memory", help="See and erase what is remembered about end users.")
+    app.add_typer(sft.app, name="sft", help="Fine-tune a LoRA adapter on Qianfan-format data, and evaluate it.")
+
+
+_mount_optional()

@@ -1,0 +1,91 @@
+"""Settings. Precedence: command-line flag > environment (QFSERVE_…) > `qfserve.toml` in the data dir > default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+CONFIG_FILE = "qfserve.toml"
+
+
+def physical_cores() -> int:
+    """Physical cores (llama.cpp slows down when its threads outnumber them)."""
+    try:
+        seen = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    seen.add((phys, core))
+        if seen:
+            return min(len(seen), len(os.sched_getaffinity(0)))
+    except (OSError, AttributeError):
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QFSERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8360
+    data_dir: Path = Path("./qfserve-data")
+    log_level: str = "info"
+    log_json: bool = False
+
+    # Embedded engine
+    parallel: int = Field(4, ge=1, le=64, description="max concurrent sequences per base model")
+    ctx_per_seq: int = Field(4096, ge=256, description="KV cache cells per sequence")
+    threads: int = Field(default_factory=physical_cores, ge=1)
+    queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
+
+    # Access control and limits
+    limiter: str = Field("local", pattern="^(local|redis)$")
+    redis_url: str | None = None
+    auth_fail_limit: int = 20
+    auth_fail_window: float = 60.0
+    signature_clock_skew: int = 300
+    signature_max_expiration: int = 3600
+
+    # Content safety
+    safety_lexicon: list[Path] = Field(default_factory=list)
+    safety_allow: Path | None = None
+    safety_category_levels: dict[str, int] = Field(default_factory=dict)
+
+    # User memory
+    memory_max_per_user: int = 200
+    memory_max_block_chars: int = 800
+
+    _toml_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if cls._toml_path is not None and cls._toml_path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Build settings from flags (None means not given), the environment and the data dir's toml file."""
+    given = {k: v for k, v in flags.items() if v is not None and v != [] and v != ()}
+    data_dir = Path(given.get("data_dir") or os.environ.get("QFSERVE_DATA_DIR") or "./qfserve-data")
+    Settings._toml_path = data_dir / CONFIG_FILE
+    try:
+        return Settings(**given)
+    finally:
+        Settings._toml_path = None

@@ -1,0 +1,205 @@
+"""The chat request as the seed documents it, validated field by field with exact error messages.
+
+Parsing is by hand rather than by pydantic's own validation because every failure must map to one
+Qianfan code and message (qianfan-wire.md §3), in the order the checks are listed here.
+Unknown fields are ignored and `null` counts as absent (LangChain sends `"stop": null`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qfserve.protocol.errors import (
+    MSG_EVEN_ROLE,
+    MSG_ODD_LENGTH,
+    MSG_ODD_ROLE,
+    Code,
+    QianfanError,
+    out_of_range,
+)
+
+MAX_STOP_ITEMS = 4
+MAX_STOP_CHARS = 20
+MAX_TOP_LOGPROBS = 20
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """A validated chat body. Defaults are the seed's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: tuple[Message, ...]
+    stream: bool = False
+    system: str | None = None
+    temperature: float = 0.95
+    top_p: float = 0.7
+    penalty_score: float = 1.0
+    min_output_tokens: int | None = None
+    max_output_tokens: int = 1024
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.1
+    presence_penalty: float = 0.0
+    # Only meaningful with group beam search, which neither engine offers: validated, then unused.
+    diversity_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    enable_user_memory: bool = False
+    user_memory_extract_level: int = 0
+    user_memory_level: int = 1
+    user_setting: str | None = None
+    user_id: str | None = None
+    # Set by the HTTP layer from the query string, never from the body.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def input_chars(self) -> int:
+        """Characters counted against the profile's limit: system plus every message content."""
+        return len(self.system or "") + sum(len(m.content) for m in self.messages)
+
+
+def _invalid_type(name: str) -> QianfanError:
+    return QianfanError(Code.INVALID_ARGUMENT, f"Invalid Argument: {name} has an invalid type")
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid_type(name)
+    return float(value)
+
+
+def _integer(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(name)
+    return value
+
+
+def _boolean(body: dict, name: str) -> bool | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _invalid_type(name)
+    return value
+
+
+def _string(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid_type(name)
+    return value
+
+
+def _closed(name: str, value: float | None, low: float, high: float, shown: str) -> None:
+    if value is not None and not (low <= value <= high):
+        raise out_of_range(f"the range of {name} is {shown}")
+
+
+def _parse_messages(raw: Any) -> tuple[Message, ...]:
+    if raw is None:
+        raise QianfanError(Code.INVALID_ARGUMENT, "Invalid Argument: messages is required")
+    if not isinstance(raw, list):
+        raise _invalid_type("messages")
+    if not raw:
+        raise out_of_range("messages can not be empty")
+    messages = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise _invalid_type(f"messages[{index}]")
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str):
+            raise _invalid_type(f"messages[{index}].role")
+        if content is not None and not isinstance(content, str):
+            raise _invalid_type(f"messages[{index}].content")
+        if not content:
+            raise out_of_range("message content can not be empty")
+        messages.append(Message(role=role, content=content))
+    if len(messages) % 2 == 0:
+        raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_ODD_LENGTH)
+    for index, message in enumerate(messages):
+        if index % 2 == 1 and message.role != "assistant":
+            raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_ODD_ROLE)
+        if index % 2 == 0 and message.role not in ("user", "function"):
+            raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_EVEN_ROLE)
+    return tuple(messages)
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a decoded JSON body. Raises QianfanError with the documented code and message."""
+    if not isinstance(body, dict):
+        raise QianfanError(Code.INVALID_JSON)
+    messages = _parse_messages(body.get("messages"))
+    fields: dict[str, Any] = {"messages": messages}
+
+    for name in ("stream", "logprobs", "enable_user_memory"):
+        if (value := _boolean(body, name)) is not None:
+            fields[name] = value
+    for name in ("system", "user_setting", "user_id"):
+        if (value := _string(body, name)) is not None:
+            fields[name] = value
+
+    temperature = _number(body, "temperature")
+    if temperature is not None and not (0.0 < temperature <= 1.0):
+        raise out_of_range("the range of temperature is (0, 1.0]")
+    ranges = {
+        "top_p": (0.0, 1.0, "[0, 1.0]"),
+        "penalty_score": (1.0, 2.0, "[1.0, 2.0]"),
+        "frequency_penalty": (-2.0, 2.0, "[-2.0, 2.0]"),
+        "presence_penalty": (-2.0, 2.0, "[-2.0, 2.0]"),
+        "diversity_penalty": (0.0, 100.0, "[0, 100]"),
+    }
+    if temperature is not None:
+        fields["temperature"] = temperature
+    for name, (low, high, shown) in ranges.items():
+        value = _number(body, name)
+        _closed(name, value, low, high, shown)
+        if value is not None:
+            fields[name] = value
+
+    int_ranges = {
+        "min_output_tokens": (2, 2048, "[2, 2048]"),
+        "max_output_tokens": (2, 2048, "[2, 2048]"),
+        "user_memory_extract_level": (0, 2, "[0, 2]"),
+        "user_memory_level": (0, 4, "[0, 4]"),
+        "top_logprobs": (0, MAX_TOP_LOGPROBS, f"[0, {MAX_TOP_LOGPROBS}]"),
+    }
+    for name, (low, high, shown) in int_ranges.items():
+        value = _integer(body, name)
+        _closed(name, value, low, high, shown)
+        if value is not None:
+            fields[name] = value
+
+    stop = body.get("stop")
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _invalid_type("stop")
+        if len(stop) > MAX_STOP_ITEMS:
+            raise out_of_range(f"the length of stop can not exceed {MAX_STOP_ITEMS}")
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise out_of_range(f"the length of each stop element can not exceed {MAX_STOP_CHARS} characters")
+        fields["stop"] = tuple(s for s in stop if s)
+
+    request = ChatRequest(**fields)
+    if request.min_output_tokens is not None and request.min_output_tokens > request.max_output_tokens:
+        raise out_of_range("min_output_tokens can not be greater than max_output_tokens")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise out_of_range("top_logprobs requires logprobs to be true")
+    if request.enable_user_memory and not request.user_id:
+        raise out_of_range("user_id is required when enable_user_memory is true")
+    return request

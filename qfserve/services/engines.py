@@ -1,0 +1,55 @@
+"""Loaded base models: one engine (and one prompt builder) per base model, shared by every service on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Callable
+
+from qfserve.engine.base import Engine
+from qfserve.engine.prompt import ChatPrompt, default_model_path
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[str], Engine]
+
+
+def resolve_model(model: str) -> str:
+    """`default` is the embedded SmolLM2; anything else is a GGUF path."""
+    return default_model_path() if model == "default" else os.path.abspath(model)
+
+
+class EngineRegistry:
+    def __init__(self, factory: EngineFactory):
+        self._factory = factory
+        self._loaded: dict[str, tuple[Engine, ChatPrompt]] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, model: str) -> tuple[Engine, ChatPrompt]:
+        path = resolve_model(model)
+        found = self._loaded.get(path)
+        if found is not None:
+            return found
+        async with self._lock:
+            if path not in self._loaded:
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"model file not found: {path}")
+                log.info("loading base model %s", path)
+                prompt = await asyncio.to_thread(ChatPrompt, path)
+                engine = self._factory(path)
+                await engine.start()
+                self._loaded[path] = (engine, prompt)
+            return self._loaded[path]
+
+    def engines(self) -> dict[str, Engine]:
+        return {path: engine for path, (engine, _) in self._loaded.items()}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._loaded) and all(engine.ready for engine, _ in self._loaded.values())
+
+    async def close(self) -> None:
+        for engine, _ in list(self._loaded.values()):
+            await engine.close()
+        self._loaded.clear()

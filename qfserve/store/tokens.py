@@ -1,0 +1,48 @@
+"""Access tokens: issued by /oauth/2.0/token, stored as sha256 hashes, valid 30 days."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from qfserve.store.apps import App, get_app_by_id
+from qfserve.store.db import Store
+
+TOKEN_TTL = 30 * 24 * 3600  # The SDK never refreshes early: short-lived tokens would break it.
+REFRESH_TTL = 315360000
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(store: Store, app: App, ttl: int = TOKEN_TTL, now: float | None = None) -> tuple[str, str, int]:
+    """Returns (access_token, refresh_token, expires_at); only the access token's hash is kept."""
+    now = int(now if now is not None else time.time())
+    expires_at = now + ttl
+    access = f"24.{secrets.token_hex(16)}.{ttl}.{expires_at}.282335-{app.id}"
+    refresh = f"25.{secrets.token_hex(16)}.{REFRESH_TTL}.{now + REFRESH_TTL}.282335-{app.id}"
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO tokens (token_hash, app_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
+            (_hash(access), app.id, expires_at, now),
+        )
+    return access, refresh, expires_at
+
+
+def lookup_token(store: Store, token: str) -> tuple[App, int] | None:
+    """The token's app and expiry, or None if unknown or revoked."""
+    row = store.connection().execute(
+        "SELECT app_id, expires_at FROM tokens WHERE token_hash = ?", (_hash(token),)
+    ).fetchone()
+    if row is None:
+        return None
+    app = get_app_by_id(store, row["app_id"])
+    return (app, row["expires_at"]) if app else None
+
+
+def purge_expired(store: Store, now: float | None = None) -> int:
+    now = int(now if now is not None else time.time())
+    with store.transaction() as conn:
+        return conn.execute("DELETE FROM tokens WHERE expires_at < ?", (now,)).rowcount
