@@ -44,7 +44,7 @@ import threading
 from dataclasses import dataclass
 
 from . import metrics
-from .lexicon import Entry, LexiconError, Matcher, Term, compile_matcher, read_allow, read_deny
+from .lexicon import Entry, LexiconError, Matcher, Term, as_bytes, compile_matcher, read_allow, read_deny
 from .normalize import Positions
 
 log = logging.getLogger("qfserve.safety")
@@ -82,17 +82,31 @@ def _word(c: str) -> bool:
 def _scan(m: Matcher, text: str, norm: str, final: bool, floor: int, boundaries: bool,
           pos: Positions | None = None) -> tuple[list[Hit], Positions | None]:
     """All effective deny hits in ``text`` (whose normalised form is ``norm``)."""
-    raw = list(m.deny.iter(norm))
+    bn = as_bytes(norm)
+    raw = list(m.deny.iter(bn))
     if not raw:
         return [], pos
     tbl = m.table
     if pos is None:
         pos = Positions(text, tbl)
     n = len(norm)
-    spans = [(end - ln + 1, end + 1) for end, ln in m.allow.iter(norm)] if m.allow is not None else ()
+    araw = list(m.allow.iter(bn)) if m.allow is not None else ()
+    if bn is norm:
+        raw = [(end - t.blen + 1, t) for end, t in raw]
+        spans = [(end - b + 1, end - b + 1 + ln) for end, (ln, b) in araw]
+    else:  # byte offsets → character offsets, in one pass over the text
+        starts = [(end - t.blen + 1, t) for end, t in raw]
+        astarts = [(end - b + 1, ln) for end, (ln, b) in araw]
+        conv, pb, pc = {}, 0, 0
+        for b in sorted({b for b, _ in starts} | {b for b, _ in astarts}):
+            pc += len(bn[pb:b].encode("latin-1").decode("utf-8"))
+            pb = b
+            conv[b] = pc
+        raw = [(conv[b], t) for b, t in starts]
+        spans = [(conv[b], conv[b] + ln) for b, ln in astarts]
     hits = []
-    for end, t in raw:
-        s, e = end - t.length + 1, end + 1
+    for s, t in raw:
+        e = s + t.length
         if spans and any(a <= s and e <= b for a, b in spans):
             continue
         decided = final or t.allow_tail == 0 or s + t.allow_tail <= n
@@ -338,9 +352,7 @@ class OutputFilter:
         elif final or self._hold == 0:
             limit = len(buf)
         else:
-            if pos is None:
-                pos = Positions(buf, tbl)
-            limit = max(pos.orig(max(0, len(norm) - self._hold)), sent)
+            limit = _hold_start(buf, tbl, sent, self._hold)
         # Never release an undecided hit, nor part of a level-1 hit (unless we stop anyway,
         # in which case a level-1 hit overlapping the stop term is masked as far as released).
         changed = True
@@ -364,7 +376,9 @@ class OutputFilter:
                     self._level, self._category = 1, h.term.category
             seg = "".join(chars)
         if stops:
-            top = max(stops, key=lambda h: (h.level, -h.os))
+            # The earliest term stops the stream (ties: the highest level): the verdict does not
+            # depend on how the text was split into chunks.
+            top = min(stops, key=lambda h: (h.os, -h.level))
             for h in stops:
                 metrics.count(h.term.category, h.level, "output")
             log.warning("safety output: stopped flag=%d category=%s hits=%s", top.level, top.term.category,
@@ -377,17 +391,43 @@ class OutputFilter:
             return seg, None
         # Keep a little released text as left context (allow-list matches, word boundaries).
         sent = limit
-        if pos is None:
-            pos = Positions(buf, tbl)
-        keep_norm = pos.norm_count(sent) - self._ctx
-        keep_from = max(sent - 1, 0)
-        if keep_norm > 0:
-            keep_from = min(keep_from, pos.orig(keep_norm))
-        else:
-            keep_from = 0
+        keep_from = min(_back(buf, tbl, sent, self._ctx, 0), max(sent - 1, 0))
         self._buf = buf[keep_from:]
         self._sent = sent - keep_from
         return seg, None
+
+
+def _back(buf: str, tbl: dict[int, str], end: int, count: int, floor: int) -> int:
+    """Walk back from ``end`` until ``buf[i:end]`` yields ``count`` normalised chars (or ``floor``)."""
+    i, acc = end, 0
+    while acc < count and i > floor:
+        i -= 1
+        c = buf[i]
+        acc += len(tbl.get(ord(c), c))
+    return i
+
+
+def _hold_start(buf: str, tbl: dict[int, str], sent: int, hold: int) -> int:
+    """Original index where the held tail (the last ``hold`` normalised chars) begins.
+
+    Only those chars can still begin a lexicon term: any term starting earlier would already
+    be complete in ``buf`` (terms are at most ``hold + 1`` normalised chars long)."""
+    i, acc = len(buf), 0
+    while acc < hold and i > sent:
+        i -= 1
+        c = buf[i]
+        acc += len(tbl.get(ord(c), c))
+    if acc >= hold:
+        return i
+    # Fewer than `hold` normalised chars are unsent: hold from the first of them; what precedes
+    # it (dropped chars only) cannot begin a term and is released.
+    i = sent
+    while i < len(buf):
+        c = buf[i]
+        if tbl.get(ord(c), c):
+            break
+        i += 1
+    return i
 
 
 def parse_category_levels(spec: str) -> dict[str, int]:

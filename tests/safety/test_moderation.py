@@ -417,3 +417,27 @@ def test_logs_do_not_contain_user_text(mod, caplog):
     for r in caplog.records:
         msg = r.getMessage()
         assert "违禁词甲" not in msg and "身份证" not in msg
+
+
+def test_random_streams_match_one_shot(mod):
+    """Any split of any text gives the same released text and verdict as the whole text at once."""
+    atoms = ["违禁词甲", "色情", "白色情人节", "白色情人", "广告词乙", "badword", "foobar", "ＦｏｏＢａｒ",
+             "abc123", "\u200b", " ", "，", "。", "好", "的", "x", "bad", "word", "白", "色", "情", "\n",
+             "廣告", "詞乙", "①", "class"]
+    rng = random.Random(11)
+    for policy in ("default", "strict"):
+        for _ in range(300):
+            text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 12)))
+            whole = stream(mod.output_filter(policy), [text])
+            assert whole[0] in text or "*" in whole[0]
+            for _ in range(5):
+                parts = stream(mod.output_filter(policy), split_random(text, rng, 4))
+                assert parts[0] == whole[0], (policy, text)
+                assert (parts[2].level >= 2) == (whole[2].level >= 2), (policy, text)
+                if whole[2].level < 2:
+                    assert parts[2] == whole[2]
+            # the stream stops exactly when the input check would close the chat
+            v = mod.check_input(user(text), None, None, policy)
+            assert (whole[2].level >= 2) == (v.level >= 2), (policy, text)
+            if v.level < 2:
+                assert whole[2].level == v.level
