@@ -28,6 +28,7 @@ from qfserve.engine.prompt import ChatPrompt
 from qfserve.limits.base import Budget, Limiter, Reservation, limit_key
 from qfserve.protocol.chat import ChatRequest, parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
+from qfserve.services.adapters import adapter_gguf
 from qfserve.services.engines import EngineRegistry
 from qfserve.services.profiles import get_profile
 from qfserve.store import apps as app_store
@@ -133,11 +134,11 @@ class ChatServing:
             raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)
         # The answer may not outgrow the sequence's KV cells: cut it there (is_truncated tells).
         max_tokens = min(request.max_output_tokens, profile.max_output_tokens, self.ctx_per_seq - len(prompt_ids))
+        adapter = self._adapter_path(service)
         reservation = await self.limiter.admit(limit_key(api_path, app.id), service.rpm, service.tpm, len(prompt_ids))
         return PreparedChat(
             request_id, int(time.time()), app, service, request, engine, prompt_ids,
-            _sampling_params(request, max_tokens), reservation, adapter=self._adapter_path(service),
-            input_verdict=verdict,
+            _sampling_params(request, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
         )
 
     def _moderate_input(self, request: ChatRequest, service: Service) -> SafetyVerdict:
@@ -168,9 +169,11 @@ class ChatServing:
     def _adapter_path(self, service: Service) -> str | None:
         if not service.adapter:
             return None
-        from qfserve.sft.manifest import adapter_gguf_path
-
-        return adapter_gguf_path(service.adapter)
+        try:
+            return adapter_gguf(service.adapter)
+        except (OSError, ValueError) as exc:
+            log.error("service %s: adapter unusable: %s", service.api_path, exc)
+            raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
     # ---- the answer --------------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""LoRA adapters published on a base model: checked once at publish, resolved cheaply per request."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from qfserve.services.engines import resolve_model
+from qfserve.sft.manifest import adapter_gguf_path, base_hash, load_manifest
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def check_adapter(adapter_dir: str | os.PathLike, model: str) -> str:
+    """The adapter folder's absolute path, if it was trained on exactly this base model's weights."""
+    folder = Path(adapter_dir).expanduser().resolve()
+    try:
+        manifest = load_manifest(folder)
+        adapter_gguf_path(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise AdapterError(str(exc)) from None
+    try:
+        model_path = resolve_model(model)
+    except FileNotFoundError as exc:
+        raise AdapterError(str(exc)) from None
+    expected = manifest.get("base", {}).get("sha256")
+    actual = base_hash(model_path)
+    if expected != actual:
+        raise AdapterError(
+            f"adapter {folder} was trained on a different base model "
+            f"(its base sha256 {str(expected)[:12]}…, this model's {actual[:12]}…); "
+            "publish it on the model it was trained on"
+        )
+    return str(folder)
+
+
+@functools.lru_cache(maxsize=256)
+def _gguf_for(folder: str, manifest_mtime_ns: int) -> str:
+    return adapter_gguf_path(folder)
+
+
+def adapter_gguf(folder: str) -> str:
+    """The adapter's llama.cpp GGUF path; the manifest is re-read only when it changes."""
+    mtime = os.stat(Path(folder) / "manifest.json").st_mtime_ns
+    return _gguf_for(folder, mtime)
