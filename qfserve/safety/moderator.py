@@ -3,10 +3,11 @@
 Levels and the wire (spec §4): a :class:`Verdict`'s ``level`` is the response's ``flag``;
 ``need_clear_history`` is ``level >= 2``; ``ban_round`` is set when ``level >= 2``.
 
-**Rounds** (``ban_round``): round *k* is the *k*-th ``user`` message of ``messages``, counted
-from 1. The last user message is the current question and is reported as ``-1`` (not as its
-number). Hits in ``system`` or ``user_setting`` count as the current question (``-1``). Only
-user messages, ``system`` and ``user_setting`` are checked on input (assistant turns are
+**Rounds** (``ban_round``): round *k* is the *k*-th user message of ``messages``, counted
+from 1 (a ``function`` message — the wire allows it where a user message goes — counts as a
+user message). The last user message is the current question and is reported as ``-1`` (not
+as its number). Hits in ``system`` or ``user_setting`` count as the current question (``-1``).
+Only user messages, ``system`` and ``user_setting`` are checked on input (assistant turns are
 model output). When several hits share the highest level, the current question wins, otherwise
 the latest round.
 
@@ -50,6 +51,7 @@ from .normalize import Positions
 log = logging.getLogger("qfserve.safety")
 
 POLICIES = ("off", "default", "strict")
+_USER_ROLES = ("user", "function")
 
 
 @dataclass(frozen=True)
@@ -248,10 +250,10 @@ class Moderator:
         m, floor, boundaries = mode
         tbl = m.table
         sources: list[tuple[int, str]] = []
-        last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
+        last_user = max((i for i, (role, _) in enumerate(messages) if role in _USER_ROLES), default=-1)
         k = 0
         for i, (role, content) in enumerate(messages):
-            if role != "user":
+            if role not in _USER_ROLES:
                 continue
             k += 1
             if isinstance(content, str) and content:

@@ -117,6 +117,13 @@ def test_system_and_user_setting_count_as_current(mod):
     assert mod.check_input(msgs, None, "画像：违禁词甲") == Verdict(3, "demo_ban", -1)
 
 
+def test_function_messages_count_as_user_rounds(mod):
+    msgs = [("user", "a"), ("assistant", "b"), ("function", "色情"), ("assistant", "c"), ("user", "d")]
+    assert mod.check_input(msgs, None, None) == Verdict(2, "sexual", 2)
+    msgs = [("user", "a"), ("assistant", "b"), ("function", "违禁词甲")]
+    assert mod.check_input(msgs, None, None) == Verdict(3, "demo_ban", -1)
+
+
 def test_assistant_turns_not_checked(mod):
     msgs = [("user", "a"), ("assistant", "违禁词甲"), ("user", "c")]
     assert mod.check_input(msgs, None, None) == SAFE
