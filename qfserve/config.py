@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_FILE = "qfserve.toml"
+PID_FILE = "qfserve.pid"  # written by a running server, read by `qfserve safety reload`
 
 
 def physical_cores() -> int:

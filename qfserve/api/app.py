@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -12,6 +13,7 @@ from qfserve.api import chat, console, health, oauth
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
+from qfserve.config import PID_FILE
 from qfserve.config import Settings
 from qfserve.engine.base import Engine
 from qfserve.limits import make_limiter
@@ -76,6 +78,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             moderator=state.moderator, memory=_memory(settings, state.store),
         )
         state.shutting_down = False
+        pid_file = settings.data_dir / PID_FILE
+        pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
         for model in sorted({s.model for s in service_store.list_services(state.store)}):
             try:
@@ -90,6 +94,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             await state.engines.close()
             await state.limiter.close()
             state.store.close()
+            pid_file.unlink(missing_ok=True)
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)

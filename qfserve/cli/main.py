@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qfserve.cli import apps, services
+from qfserve.cli import apps, safety, services
 from qfserve.cli.serve import serve
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("serve")(serve)
 app.add_typer(apps.app, name="app")
 app.add_typer(services.app, name="service")
+app.add_typer(safety.app, name="safety")
 
 
 def _mount_optional() -> None:

@@ -27,18 +27,19 @@ def _env(name: str) -> dict:
 
 
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on. [default: 127.0.0.1]", **_env("HOST"))] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on. [default: 8360]", **_env("PORT"))] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Database and config folder (reads qfserve.toml there). [default: ./qfserve-data]", **_env("DATA_DIR"))] = None,
-    parallel: Annotated[Optional[int], typer.Option(help="Max concurrent sequences per base model. [default: 4]", **_env("PARALLEL"))] = None,
-    ctx_per_seq: Annotated[Optional[int], typer.Option(help="KV cache cells per sequence (prompt + answer). [default: 4096]", **_env("CTX_PER_SEQ"))] = None,
-    threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. [default: physical cores]", **_env("THREADS"))] = None,
-    queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. [default: 64]", **_env("QUEUE_SIZE"))] = None,
-    limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. [default: local]", **_env("LIMITER"))] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on. Default: 127.0.0.1.", **_env("HOST"))] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on. Default: 8360.", **_env("PORT"))] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Database and config folder (reads qfserve.toml there). Default: ./qfserve-data.", **_env("DATA_DIR"))] = None,
+    parallel: Annotated[Optional[int], typer.Option(help="Max concurrent sequences per base model. Default: 4.", **_env("PARALLEL"))] = None,
+    ctx_per_seq: Annotated[Optional[int], typer.Option(help="KV cache cells per sequence (prompt + answer). Default: 4096.", **_env("CTX_PER_SEQ"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. Default: physical cores.", **_env("THREADS"))] = None,
+    queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
+    limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
     safety_lexicon: Annotated[Optional[list[Path]], typer.Option(help="Deny lexicon TSV (term, category, level); repeatable.")] = None,
     safety_allow: Annotated[Optional[Path], typer.Option(help="Allow-list file, one term a line.", **_env("SAFETY_ALLOW"))] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. [default: info]", **_env("LOG_LEVEL"))] = None,
+    safety_level: Annotated[Optional[list[str]], typer.Option(help="Override a category's level, as CATEGORY=LEVEL (0-3); repeatable.")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. Default: info.", **_env("LOG_LEVEL"))] = None,
     log_json: Annotated[Optional[bool], typer.Option("--log-json/--log-text", help="Log as JSON lines.", **_env("LOG_JSON"))] = None,
     demo: Annotated[bool, typer.Option(help="On an empty data dir, create a demo app and service; print how to call them.")] = False,
 ) -> None:
@@ -51,6 +52,7 @@ def serve(
         host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
         queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
         safety_allow=safety_allow, log_level=log_level, log_json=log_json,
+        safety_category_levels=_category_levels(safety_level),
     )
     _configure_logging(settings)
     if demo:
@@ -64,6 +66,17 @@ def serve(
         log_level=settings.log_level, timeout_graceful_shutdown=30, access_log=False,
     )
     uvicorn.Server(config).run()
+
+
+def _category_levels(specs: list[str] | None) -> dict[str, int] | None:
+    if not specs:
+        return None
+    from qfserve.safety import parse_category_levels
+
+    try:
+        return parse_category_levels(",".join(specs))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--safety-level") from None
 
 
 class _JsonFormatter(logging.Formatter):
