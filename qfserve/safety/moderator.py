@@ -452,9 +452,14 @@ def parse_category_levels(spec: str) -> dict[str, int]:
 def install_sighup_reload(moderator: Moderator) -> object | None:
     """Reload ``moderator`` on SIGHUP. Call from the main thread. The reload runs in a
     background thread so the event loop is never blocked by compiling a large lexicon.
-    Returns the previous handler (None where SIGHUP does not exist)."""
+    Returns the previous handler, or None where SIGHUP does not exist or when called outside
+    the main thread (e.g. an app started by a test client): then only :meth:`Moderator.reload`
+    reloads, and a warning is logged."""
     sig = getattr(signal, "SIGHUP", None)
     if sig is None:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("safety: not in the main thread, SIGHUP reload not installed")
         return None
 
     def _handler(signum, frame):

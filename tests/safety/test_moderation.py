@@ -333,6 +333,15 @@ def test_sighup_reload(files):
         signal.signal(signal.SIGHUP, prev)
 
 
+def test_sighup_install_outside_main_thread_is_harmless(mod):
+    import threading
+    result = []
+    t = threading.Thread(target=lambda: result.append(install_sighup_reload(mod)))
+    t.start()
+    t.join()
+    assert result == [None]
+
+
 def test_policy_off(mod):
     assert mod.check_input(user("违禁词甲"), None, None, policy="off") == SAFE
     f = mod.output_filter("off")
