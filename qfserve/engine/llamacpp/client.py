@@ -42,6 +42,49 @@ def _deliver(items: list[tuple[asyncio.Queue, EngineEvent]]) -> None:
         queue.put_nowait(event)
 
 
+class _EventStream:
+    """The events of one request. Not an async generator: those run no cleanup when closed before
+    their first step, and a request must be cancelled however its consumer lets go of it (aclose,
+    CancelledError while waiting, or just dropping it)."""
+
+    def __init__(self, engine: "LlamaCppEngine", request_id: str, route: _Route) -> None:
+        self._engine = engine
+        self._request_id = request_id
+        self._route = route
+        self._done = False
+
+    def __aiter__(self) -> "_EventStream":
+        return self
+
+    async def __anext__(self) -> EngineEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            event = await self._route.queue.get()
+        except BaseException:  # CancelledError: the consumer's task is going away
+            self._abandon()
+            raise
+        if isinstance(event, FinishEvent):
+            self._done = True
+        return event
+
+    async def aclose(self) -> None:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if not self._done:
+            self._done = True
+            self._engine._cancel(self._request_id)
+
+    def __del__(self) -> None:
+        if not self._done:
+            # GC may run anywhere (even inside a pipe send): hop onto the loop to cancel.
+            try:
+                self._route.loop.call_soon_threadsafe(self._engine._cancel, self._request_id)
+            except RuntimeError:
+                pass
+
+
 class LlamaCppEngine(Engine):
     def __init__(
         self,
@@ -142,21 +185,7 @@ class LlamaCppEngine(Engine):
             with self._lock:
                 self._routes.pop(request.request_id, None)
             raise EngineUnavailable("the engine worker is gone") from error
-        return self._stream(request.request_id, route)
-
-    async def _stream(self, request_id: str, route: _Route) -> AsyncIterator[EngineEvent]:
-        finished = False
-        try:
-            while True:
-                event = await route.queue.get()
-                if isinstance(event, FinishEvent):
-                    finished = True
-                yield event
-                if finished:
-                    return
-        finally:
-            if not finished:  # the consumer stopped early (aclose, disconnect, CancelledError)
-                self._cancel(request_id)
+        return _EventStream(self, request.request_id, route)
 
     def _cancel(self, request_id: str) -> None:
         # The route stays until the worker's "cancelled" finish arrives: until then the request

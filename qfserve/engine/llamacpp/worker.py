@@ -180,7 +180,8 @@ class EngineWorker:
                 f"the prompt has {len(prompt)} tokens; with max_tokens {params.max_tokens} "
                 f"it exceeds the context of {n_ctx_seq} tokens per sequence",
             )
-        if len(self.waiting) >= self.config.queue_size:
+        # Requests arrive in bursts before admission runs, so count free sequences as room too.
+        if len(self.waiting) + len(self.running) >= self.config.parallel + self.config.queue_size:
             return self._refuse(request, "the engine queue is full")
         if request.adapter:
             try:
