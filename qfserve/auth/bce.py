@@ -126,9 +126,19 @@ def _raw(value: str) -> bytes:
 
 
 def _uri_forms(raw_path: str | bytes) -> set[bytes]:
-    received = raw_path if isinstance(raw_path, bytes) else raw_path.encode("utf-8")
-    decoded = unquote_to_bytes(received)
-    return {received, uri_encode(decoded, keep_slash=True), decoded}
+    if isinstance(raw_path, bytes):
+        received = {raw_path}
+    else:  # a str may be ASGI bytes read as latin-1, or a decoded Python path: try both
+        received = {raw_path.encode("utf-8")}
+        try:
+            received.add(raw_path.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
+    forms = set()
+    for path in received:
+        decoded = unquote_to_bytes(path)
+        forms |= {path, uri_encode(decoded, keep_slash=True), decoded}
+    return forms
 
 
 def _without_port(host: bytes) -> bytes:

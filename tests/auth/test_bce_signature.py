@@ -295,3 +295,14 @@ def test_parse_authorization():
     assert auth.signature == "a" * 64
     assert auth.prefix == f"bce-auth-v1/{AK}/2015-04-27T08:23:49Z/1800"
     assert auth.epoch == VECTOR_NOW
+
+
+@pytest.mark.parametrize("as_received", ["bytes", "latin-1 str", "utf-8 str"])
+def test_raw_non_ascii_path_in_any_caller_convention(as_received):
+    """A client may put raw UTF-8 in the request line; the server may hand us bytes or either str reading."""
+    path = "/中文/路径"
+    raw = path.encode("utf-8")
+    raw_path = {"bytes": raw, "latin-1 str": raw.decode("latin-1"), "utf-8 str": path}[as_received]
+    for signed in (path, quote(path, safe="/")):
+        authorization = sdk_sign("POST", signed, [], {"Host": "h"}, headers_to_sign=["host"])
+        assert check("POST", raw_path, [], {"Host": "h", "Authorization": authorization}) is APP
