@@ -229,3 +229,57 @@ async def test_second_turn_reuses_the_cached_prefix(engine, chat_prompt):
     await run(engine, request(second_tokens, max_tokens=4, seed=4))
     reused = engine.stats()["prompt_tokens_reused"] - before
     assert reused >= len(first_tokens)  # the whole first turn came from the cache
+
+
+# -- LoRA adapters --------------------------------------------------------------------------------
+
+
+def write_random_lora(path: str, scale: float) -> None:
+    """A rank-8 adapter on every attention query projection of SmolLM2-135M (576 wide, 30 blocks),
+    laid out as llama.cpp's convert_lora_to_gguf.py writes it."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 8.0)
+    for block in range(30):
+        name = f"blk.{block}.attn_q.weight"
+        writer.add_tensor(f"{name}.lora_a", (rng.standard_normal((8, 576)) * 0.1).astype(np.float32))
+        writer.add_tensor(f"{name}.lora_b", (rng.standard_normal((576, 8)) * scale).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def adapter_path(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("lora") / "random-q.gguf")
+    write_random_lora(path, scale=1.0)
+    return path
+
+
+async def test_adapter_changes_output_and_mixes_with_base_requests(engine, chat_prompt, adapter_path):
+    tokens = prompt_of(chat_prompt, "Name three animals.")
+    params = dict(max_tokens=12, min_tokens=12, seed=9, temperature=0.01)
+    base = await run(engine, request(tokens, **params))
+    adapted = await run(engine, GenerateRequest(f"req-{next(_ids)}", tokens, SamplingParams(**params), adapter=adapter_path))
+    assert adapted.finish.reason == "length"
+    assert adapted.tokens != base.tokens  # the adapter is applied...
+
+    # ...and only to its own requests when both kinds run at once (steps alternate adapter groups)
+    base_again, adapted_again = await asyncio.gather(
+        run(engine, request(tokens, **params)),
+        run(engine, GenerateRequest(f"req-{next(_ids)}", tokens, SamplingParams(**params), adapter=adapter_path)),
+    )
+    assert base_again.tokens == base.tokens
+    assert adapted_again.tokens == adapted.tokens
+
+
+async def test_missing_adapter_is_an_error_finish(engine, chat_prompt):
+    tokens = prompt_of(chat_prompt, "Hi")
+    result = await run(engine, GenerateRequest(f"req-{next(_ids)}", tokens, SamplingParams(max_tokens=4), adapter="/nonexistent.gguf"))
+    assert result.finish.reason == "error" and "adapter" in result.finish.error

@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks (not tests): `.venv/bin/python -m bench.run`."""

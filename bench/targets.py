@@ -1,0 +1,208 @@
+"""What the benchmark drives: our engine directly, llama.cpp's llama-server, or qfserve over HTTP.
+
+Each target has `start()`, `one_request(i) -> Sample` and `close()`. All of them generate exactly
+`max_tokens` tokens per request from the same prompts and sampling settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.workload import QUESTIONS, SAMPLING, Sample
+from qfserve.engine.base import GenerateRequest, SamplingParams, TokenEvent
+from qfserve.engine.prompt import ChatPrompt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+            try:
+                if (await client.get(url, timeout=2)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+class EngineTarget:
+    """LlamaCppEngine in this process, its worker in another: no HTTP."""
+
+    name = "qfserve engine"
+
+    def __init__(self, model_path: str, prompts: ChatPrompt, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int):
+        from qfserve.engine.llamacpp.client import LlamaCppEngine
+
+        self.engine = LlamaCppEngine(model_path, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads, show_progress=False)
+        self.tokens = [prompts.tokenize(prompts.render([{"role": "user", "content": q}], None)) for q in QUESTIONS]
+        self.max_tokens = max_tokens
+        self._ids = 0
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def one_request(self, i: int) -> Sample:
+        self._ids += 1
+        params = SamplingParams(max_tokens=self.max_tokens, min_tokens=self.max_tokens, seed=i, **SAMPLING)
+        request = GenerateRequest(f"bench-{self._ids}", self.tokens[i % len(self.tokens)], params)
+        start = time.perf_counter()
+        ttft, tokens = None, 0
+        async for event in self.engine.generate(request):
+            if isinstance(event, TokenEvent):
+                tokens += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+        return Sample(ttft or 0.0, time.perf_counter() - start, tokens)
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+class LlamaServerTarget:
+    """llama.cpp's llama-server on the same model, threads and slots, via its /completion API."""
+
+    name = "llama-server"
+
+    def __init__(self, binary: Path, model_path: str, prompts: ChatPrompt, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int):
+        self.port = free_port()
+        self.command = [
+            str(binary), "-m", model_path, "--host", "127.0.0.1", "--port", str(self.port),
+            "-t", str(threads), "-tb", str(threads), "-np", str(parallel), "-c", str(parallel * ctx_per_seq),
+            "--no-repack",  # as our engine: repacked (AMX) kernels fault on this machine's CPU
+            "--no-webui",
+        ]
+        self.tokens = [prompts.tokenize(prompts.render([{"role": "user", "content": q}], None)) for q in QUESTIONS]
+        self.max_tokens = max_tokens
+        self.process: subprocess.Popen | None = None
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
+
+    async def one_request(self, i: int) -> Sample:
+        body = {
+            "prompt": self.tokens[i % len(self.tokens)],
+            "n_predict": self.max_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "seed": i,
+            "min_p": 0.05,
+            "repeat_last_n": 64,
+            "temperature": SAMPLING["temperature"],
+            "top_p": SAMPLING["top_p"],
+            "top_k": SAMPLING["top_k"],
+            "repeat_penalty": SAMPLING["repeat_penalty"],
+            "frequency_penalty": SAMPLING["frequency_penalty"],
+            "presence_penalty": SAMPLING["presence_penalty"],
+        }
+        start = time.perf_counter()
+        ttft, tokens = None, 0
+        async with self.client.stream("POST", "/completion", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                chunk = json.loads(line[6:])
+                if ttft is None and not chunk.get("stop"):
+                    ttft = time.perf_counter() - start
+                if chunk.get("stop"):
+                    tokens = chunk.get("tokens_predicted", 0)
+        return Sample(ttft or 0.0, time.perf_counter() - start, tokens)
+
+    async def close(self) -> None:
+        if self.client:
+            await self.client.aclose()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+class QfserveHttpTarget:
+    """The whole qfserve server (`qfserve serve`), called like a Qianfan client would."""
+
+    name = "qfserve http"
+
+    def __init__(self, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int):
+        self.data_dir = Path(tempfile.mkdtemp(prefix="qfserve-bench-"))
+        self.port = free_port()
+        self.settings = ["--parallel", str(parallel), "--ctx-per-seq", str(ctx_per_seq), "--threads", str(threads)]
+        self.max_tokens = max_tokens
+        self.process: subprocess.Popen | None = None
+        self.client: httpx.AsyncClient | None = None
+
+    def _cli(self, *args: str) -> dict:
+        env = {**os.environ, "QFSERVE_DATA_DIR": str(self.data_dir)}
+        out = subprocess.run([sys.executable, "-m", "qfserve", *args, "--json"], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    async def start(self) -> None:
+        creds = self._cli("app", "create", "bench")
+        self._cli("service", "publish", "bench", "--model", "default", "--rpm", "1000000", "--tpm", "1000000000")
+        log = open(self.data_dir / "server.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "qfserve", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+             "--log-level", "warning", *self.settings],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{self.port}"
+        await wait_http(f"{base}/readyz", self.process)
+        self.client = httpx.AsyncClient(base_url=base, timeout=600)
+        token = await self.client.post(
+            "/oauth/2.0/token",
+            params={"grant_type": "client_credentials", "client_id": creds["api_key"], "client_secret": creds["secret_key"]},
+            json={},
+        )
+        self.access_token = token.json()["access_token"]
+
+    async def one_request(self, i: int) -> Sample:
+        body = {
+            "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            "stream": True,
+            "temperature": SAMPLING["temperature"],
+            "top_p": SAMPLING["top_p"],
+            "penalty_score": SAMPLING["repeat_penalty"],
+            "max_output_tokens": self.max_tokens,
+            "min_output_tokens": self.max_tokens,
+        }
+        start = time.perf_counter()
+        ttft, tokens = None, 0
+        url = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/bench"
+        async with self.client.stream("POST", url, params={"access_token": self.access_token}, json=body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error_code" in chunk:
+                    raise RuntimeError(f"qfserve answered {chunk}")
+                if ttft is None and chunk.get("result"):
+                    ttft = time.perf_counter() - start
+                tokens = chunk.get("usage", {}).get("completion_tokens", tokens)
+        return Sample(ttft or 0.0, time.perf_counter() - start, tokens)
+
+    async def close(self) -> None:
+        if self.client:
+            await self.client.aclose()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
