@@ -30,6 +30,15 @@ MIN_GROUNDING = 2 / 3
 
 SINGLE_VALUED = ("name", "age", "occupation", "workplace", "location", "hometown")
 CATEGORIES = frozenset(SINGLE_VALUED + ("like", "dislike", "plan", "relation", "other"))
+# Names small models use for our categories instead of the ones asked for.
+_ALIASES = {
+    "job": "occupation", "work": "occupation", "profession": "occupation", "career": "occupation",
+    "city": "location", "residence": "location", "address": "location", "home": "location",
+    "family": "relation", "pet": "relation", "relationship": "relation",
+    "likes": "like", "preference": "like", "hobby": "like", "dislikes": "dislike", "plans": "plan",
+}
+# A fact must be a sentence about the user, as asked; a bare value ("Boston") says nothing on its own.
+_ABOUT_USER = re.compile(r"\buser\b|用户", re.I)
 
 PROMPT = """Extract stable personal facts about the user from the message below: name, age, occupation, \
 workplace, location, hometown, likes, dislikes, plans, family and pets. Ignore questions and requests.
@@ -95,9 +104,10 @@ def parse_answer(answer: str, message: str) -> list[Fact]:
         text, category = " ".join(text.split()), category.strip().lower()
         if not (4 <= len(text) <= MAX_FACT_CHARS) or any(ch in text for ch in "{}[]\"") or text == "...":
             continue
+        category = _ALIASES.get(category, category)
         if category not in CATEGORIES:
             category = "other"
-        if not _grounded(text, message_tokens):
+        if not _ABOUT_USER.search(text) or not _grounded(text, message_tokens):
             continue
         slot = category if category in SINGLE_VALUED else f"{category}:{text.casefold()}"
         facts.setdefault(slot, Fact(slot, text))
