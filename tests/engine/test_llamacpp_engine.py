@@ -283,3 +283,26 @@ async def test_missing_adapter_is_an_error_finish(engine, chat_prompt):
     tokens = prompt_of(chat_prompt, "Hi")
     result = await run(engine, GenerateRequest(f"req-{next(_ids)}", tokens, SamplingParams(max_tokens=4), adapter="/nonexistent.gguf"))
     assert result.finish.reason == "error" and "adapter" in result.finish.error
+
+
+# -- worker death (its own engine: this one is killed) ------------------------------------------
+
+
+async def test_worker_death_fails_pending_requests_and_marks_unavailable(chat_prompt):
+    from qfserve.engine.base import EngineUnavailable
+
+    doomed = LlamaCppEngine(default_model_path(), parallel=1, ctx_per_seq=256, show_progress=False)
+    await doomed.start()
+    try:
+        stream = doomed.generate(request(prompt_of(chat_prompt, "Tell me a story."), max_tokens=200, min_tokens=200))
+        first = await stream.__anext__()
+        assert isinstance(first, TokenEvent)
+        doomed._process.kill()
+        events = [event async for event in stream]
+        assert isinstance(events[-1], FinishEvent)
+        assert events[-1].reason == "error" and events[-1].completion_tokens >= 1
+        assert not doomed.ready
+        with pytest.raises(EngineUnavailable):
+            doomed.generate(request([1, 2, 3], max_tokens=2))
+    finally:
+        await doomed.close()
