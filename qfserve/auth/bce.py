@@ -154,11 +154,12 @@ def _header_forms(signed: tuple[str, ...], headers: Mapping[str, str]) -> set[by
         present.setdefault(name.lower(), _raw(value))  # the first of repeated headers, as Starlette does
     bce_names = {n for n in present if n.startswith(BCE_PREFIX)}
     listed = set(signed) if signed else DEFAULT_SIGNED | bce_names
-    hosts = {present["host"], _without_port(present["host"])} if "host" in present else {b""}
+    host = present.get("host")
+    host_forms = {host, _without_port(host)} if host is not None else {None}
     forms = set()
     for names in (listed, listed | bce_names):  # the two readings of the x-bce-* quirk
-        for host in hosts:
-            values = {**present, "host": host} if "host" in present else present
+        for host in host_forms:
+            values = present if host is None else {**present, "host": host}
             forms.add(canonical_headers((n, values[n]) for n in names if n in values))
     return forms
 

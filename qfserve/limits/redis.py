@@ -119,4 +119,6 @@ class RedisLimiter(Limiter):
         return _RedisReservation(self, keys, request_id, rpm, tpm, budget)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        # `aclose` arrived in redis-py 5.0.1; `close` is its deprecated name before that.
+        close = getattr(self._client, "aclose", None) or self._client.close
+        await close()
