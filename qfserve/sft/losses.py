@@ -26,18 +26,20 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropy over response tokens, number of those tokens).
 
-    Computed here rather than by the model's `labels=` argument so that the mean is over tokens
-    of the whole batch (or data set), not a mean of per-sequence means.
+    Computed here rather than by the model's `labels=` argument for two reasons: the mean is then
+    over the tokens of a whole batch or data set, not a mean of per-sequence means; and the output
+    projection (49k-token vocabulary, a fifth of a small model's compute) runs only at the response
+    positions instead of at every position.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps
+    hidden = causal_lm.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss, int((targets != IGNORE_INDEX).sum())
+    scored = targets != IGNORE_INDEX
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction="sum")
+    return loss, int(scored.sum())
 
 
 @torch.no_grad()

@@ -114,7 +114,7 @@ def _run_epochs(model, train_set, config, pad_id, log_path: Path, console) -> li
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(loss.item())
                 record = {"step": len(losses), "epoch": epoch + 1, "loss": round(losses[-1], 6),
                           "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
                 log.write(json.dumps(record) + "\n")
