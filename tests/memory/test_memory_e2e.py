@@ -35,4 +35,4 @@ def test_chat_turn_is_remembered_then_recalled_into_the_prompt(server, token):
     cleared = requests.post(f"{server.base_url}/qfserve/v1/memory/delete", params={"access_token": token},
                             json={"user_id": USER}, timeout=30).json()
     assert cleared["result"] == {"deleted": 3}
-    assert chat(server, token, question, user_memory_level=1)["usage"]["prompt_tokens"] == without
+    assert listed(server, token) == []
