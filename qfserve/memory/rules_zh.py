@@ -114,11 +114,11 @@ def _is_name(m: re.Match) -> tuple[Fact | None, str]:
     return None, ""
 
 
-def _verbatim(slot_prefix: str, key: str = "v") -> Builder:
+def _verbatim(slot_prefix: str) -> Builder:
     """The clause itself, with 用户 as subject; the slot is keyed by the captured object."""
 
     def build(m: re.Match) -> tuple[Fact | None, str]:
-        value = _clean(m[key])
+        value = _clean(m["v"])
         if not _acceptable(value):
             return None, ""
         slot = slot_prefix if slot_prefix in ("occupation", "workplace") else f"{slot_prefix}:{value}"
