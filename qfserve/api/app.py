@@ -9,7 +9,7 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, health, oauth
+from qfserve.api import chat, console, health, memory_routes, oauth
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
@@ -54,10 +54,7 @@ def _moderator(settings: Settings):
 
 
 def _memory(settings: Settings, store: Store):
-    try:  # TODO(lead): drop once memory lands
-        from qfserve.memory import MemoryManager
-    except ImportError:
-        return None
+    from qfserve.memory import MemoryManager
 
     return MemoryManager(store, max_per_user=settings.memory_max_per_user,
                          max_block_chars=settings.memory_max_block_chars)
@@ -100,9 +97,5 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     install_error_handlers(app)
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
-    try:  # TODO(lead): drop once memory lands
-        from qfserve.api import memory_routes
-        app.include_router(memory_routes.router)
-    except ImportError:
-        pass
+    app.include_router(memory_routes.router)
     return app

@@ -21,10 +21,8 @@ app.add_typer(safety.app, name="safety")
 
 def _mount_optional() -> None:
     # Sub-apps whose modules import heavier dependencies only when their commands run.
-    try:  # TODO(lead): drop once memory/sft land
-        from qfserve.cli import memory, sft
-    except ImportError:
-        return
+    from qfserve.cli import memory, sft
+
     app.add_typer(memory.app, name="memory", help="See and erase what is remembered about end users.")
     app.add_typer(sft.app, name="sft", help="Fine-tune a LoRA adapter on Qianfan-format data, and evaluate it.")
 
