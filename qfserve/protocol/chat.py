@@ -65,7 +65,8 @@ class ChatRequest(BaseModel):
 
 
 def _invalid_type(name: str) -> QianfanError:
-    return QianfanError(Code.INVALID_ARGUMENT, f"Invalid Argument: {name} has an invalid type")
+    # The table's message is fixed (qianfan-wire.md §3); `name` only documents the call site.
+    return QianfanError(Code.INVALID_ARGUMENT)
 
 
 def _number(body: dict, name: str) -> float | None:
@@ -113,7 +114,7 @@ def _closed(name: str, value: float | None, low: float, high: float, shown: str)
 
 def _parse_messages(raw: Any) -> tuple[Message, ...]:
     if raw is None:
-        raise QianfanError(Code.INVALID_ARGUMENT, "Invalid Argument: messages is required")
+        raise QianfanError(Code.INVALID_ARGUMENT)
     if not isinstance(raw, list):
         raise _invalid_type("messages")
     if not raw:
