@@ -118,6 +118,24 @@ async def test_concurrent_requests_match_serial_runs(engine, chat_prompt):
     assert engine.stats()["steps"] > 0
 
 
+async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine, chat_prompt):
+    story = " ".join(f"Line {i}: the cat sat on mat number {i}." for i in range(30))
+    long_tokens = prompt_of(chat_prompt, story + " Summarize.")
+    assert 256 < len(long_tokens) < CTX_PER_SEQ - 16  # more than one prefill chunk
+    params = dict(max_tokens=8, seed=21, temperature=0.01)
+
+    short = engine.generate(request(prompt_of(chat_prompt, "Count to fifty."), max_tokens=40, min_tokens=40, seed=1))
+    short_events = [await short.__anext__()]
+    beside = await run(engine, request(long_tokens, **params))  # first sight of this prompt: full prefill
+    short_events += [event async for event in short]
+    assert short_events[-1].reason == "length" and short_events[-1].completion_tokens == 40
+
+    before = engine.stats()["prompt_tokens_reused"]
+    alone = await run(engine, request(long_tokens, **params))  # now from the cache
+    assert engine.stats()["prompt_tokens_reused"] - before == len(long_tokens) - 1
+    assert beside.tokens == alone.tokens
+
+
 async def test_repeat_penalty_lowers_repetition(engine, chat_prompt):
     tokens = prompt_of(chat_prompt, "Write the word 'hello' forty times, separated by spaces.")
     plain, penalized = 0, 0
