@@ -59,9 +59,6 @@ MESSAGES: dict[Code, str] = {
     Code.RATE_LIMIT_TPM: "Rate limit reached for TPM",
 }
 
-# The official SDK retries exactly these (qianfan-wire.md §3).
-RETRYABLE = frozenset({Code.SERVICE_UNAVAILABLE, 18, Code.OVERLOADED, Code.RATE_LIMIT_RPM, Code.RATE_LIMIT_TPM, 15})
-
 MSG_ODD_LENGTH = "the length of messages must be an odd number"
 MSG_ODD_ROLE = "the role of message with odd index in the messages must be assistant"
 MSG_EVEN_ROLE = "the role of message with even index in the messages must be user or function"
@@ -84,18 +81,24 @@ def out_of_range(message: str) -> QianfanError:
 
 
 class OAuthError(Exception):
-    """A token-endpoint failure: OAuth-shaped body, HTTP 401 (qianfan-wire.md §2)."""
+    """A token-endpoint failure: OAuth-shaped body, HTTP 401 (qianfan-wire.md §2).
 
-    def __init__(self, error: str, description: str, status: int = 401):
+    Baidu's field order differs between failures, so each carries its own.
+    """
+
+    def __init__(self, error: str, description: str, error_first: bool = False, status: int = 401):
         self.error = error
         self.description = description
+        self.error_first = error_first
         self.status = status
         super().__init__(f"{error}: {description}")
 
     def body(self) -> dict:
+        if self.error_first:
+            return {"error": self.error, "error_description": self.description}
         return {"error_description": self.description, "error": self.error}
 
 
 UNKNOWN_CLIENT = ("invalid_client", "unknown client id")
-BAD_SECRET = ("invalid_client", "Client authentication failed")
+BAD_SECRET = ("invalid_client", "Client authentication failed", True)
 MISSING_PARAMETER = ("invalid_request", "The request is missing a required parameter")
