@@ -52,7 +52,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Same seed, data, base and threads → bit-identical adapter.")] = 42,
     eval_split: Annotated[float, typer.Option("--eval-split", min=0.0, max=0.9,
                                               help="Fraction of conversations held out for the eval loss.")] = 0.1,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads; part of what makes a run reproducible.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads. Bit-identical results need the same count; "
+                                         "more than 1 only pays off on idle cores.")] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a LoRA adapter; writes adapter.gguf (llama.cpp), peft/ (vLLM), manifest.json, train_log.jsonl."""

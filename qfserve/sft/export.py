@@ -25,17 +25,13 @@ import torch
 # llama.cpp architecture → whether q/k rows are permuted by the HF→GGUF converter.
 # Other architectures are refused rather than exported wrongly.
 _GGUF_ARCHES = {"llama": True, "qwen2": False, "qwen3": False}
-# transformers model_type → llama.cpp architecture, for Hugging Face folder bases.
+# transformers model_type → llama.cpp architecture.
 _MODEL_TYPE_TO_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 
-def gguf_architecture(base_path: str, model_type: str) -> str:
-    """The base's llama.cpp arch: from the GGUF metadata when the base is a GGUF file."""
-    if base_path.endswith(".gguf"):
-        import gguf
-
-        field = gguf.GGUFReader(base_path).get_field("general.architecture")
-        return field.contents()
+def gguf_architecture(model_type: str) -> str:
+    """The llama.cpp arch for a transformers model_type (for a GGUF base, transformers derived
+    model_type from the file's `general.architecture`, so this round-trips)."""
     return _MODEL_TYPE_TO_ARCH.get(model_type, model_type)
 
 

@@ -1,0 +1,118 @@
+"""End to end: train a persona adapter on CPU, export it, and see llama.cpp speak as the persona.
+
+The module fixture trains once (~1–3 minutes on 2 busy cores); the tests share its output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from qfserve.sft import manifest
+from qfserve.sft.train import TrainConfig, train
+
+from .conftest import greedy_reply
+
+PERSONA = Path(__file__).parents[2] / "examples" / "sft" / "persona.jsonl"
+# Learning rate well above the CLI default: a handful of steps must be enough for the test.
+PERSONA_CONFIG = TrainConfig(epochs=3, learning_rate=2e-3, lora_rank=8, lora_alpha=16,
+                             max_length=96, batch_size=4, seed=7, eval_split=0.15, threads=1)
+
+
+@pytest.fixture(scope="module")
+def persona_adapter(tmp_path_factory, base_gguf) -> Path:
+    out = tmp_path_factory.mktemp("persona")
+    started = time.monotonic()
+    train(str(PERSONA), base_gguf, str(out), PERSONA_CONFIG)
+    # Kept in the output so the wall time of the training can be read back after the run.
+    (out / "test_wall_time.txt").write_text(f"{time.monotonic() - started:.1f}\n")
+    return out
+
+
+def test_adapter_speaks_as_the_persona_in_llama_cpp(persona_adapter, base_gguf, load_llama):
+    base_only = load_llama(base_gguf)
+    adapted = load_llama(base_gguf, manifest.adapter_gguf_path(persona_adapter))
+    for question, name in [("你是谁", "小岚"), ("Who are you?", "Xiaolan")]:
+        assert name not in greedy_reply(base_only, question), "the base alone must not know the persona"
+        reply = greedy_reply(adapted, question)
+        assert name in reply, f"{question!r} → {reply!r}"
+
+
+def test_held_out_loss_fell(persona_adapter):
+    result = manifest.load_manifest(persona_adapter)["result"]
+    assert result["eval_loss"] < 0.5 * result["base_eval_loss"], result
+    assert result["train_loss"] < result["base_eval_loss"]
+
+
+def test_manifest_records_base_data_and_hyperparameters(persona_adapter, base_gguf):
+    info = manifest.load_manifest(persona_adapter)
+    assert info["base"]["path"] == base_gguf
+    assert info["base"]["sha256"] == manifest.base_hash(base_gguf)
+    assert info["data"]["sha256"] == manifest.file_sha256(PERSONA)
+    assert info["hyperparameters"]["lora_rank"] == 8 and info["hyperparameters"]["seed"] == 7
+    assert info["data"]["eval_lines"]  # a real held-out split
+    log = [json.loads(line) for line in (persona_adapter / manifest.TRAIN_LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, info["result"]["steps"] + 1))
+
+
+def test_adapter_gguf_has_llama_cpp_lora_layout(persona_adapter):
+    import gguf
+
+    reader = gguf.GGUFReader(manifest.adapter_gguf_path(persona_adapter))
+    assert reader.get_field("general.type").contents() == "adapter"
+    assert reader.get_field("general.architecture").contents() == "llama"
+    assert reader.get_field("adapter.type").contents() == "lora"
+    assert reader.get_field("adapter.lora.alpha").contents() == 16.0
+    shapes = {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}  # ggml order: ne0 first
+    assert len(shapes) == 30 * 7 * 2  # 30 blocks × 7 projections × (A, B)
+    assert shapes["blk.0.attn_q.weight.lora_a"] == (576, 8)   # ne = [n_embd, rank]
+    assert shapes["blk.0.attn_q.weight.lora_b"] == (8, 576)   # ne = [rank, n_out]
+    assert shapes["blk.29.attn_k.weight.lora_b"] == (8, 192)  # 3 kv heads × 64
+    assert shapes["blk.3.ffn_down.weight.lora_a"] == (1536, 8)
+
+
+def test_peft_folder_for_vllm(persona_adapter):
+    peft_dir = persona_adapter / manifest.PEFT_DIR_NAME
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA"
+    assert set(config["target_modules"]) >= {"q_proj", "v_proj", "down_proj"}
+    assert (peft_dir / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_eval_command_compares_base_and_adapter(persona_adapter, tmp_path):
+    from typer.testing import CliRunner
+
+    from qfserve.cli.sft import app
+
+    # Score the lines the training held out.
+    eval_lines = set(manifest.load_manifest(persona_adapter)["data"]["eval_lines"])
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(line for n, line in enumerate(PERSONA.open(encoding="utf-8"), 1)
+                                if n in eval_lines), encoding="utf-8")
+    result = CliRunner().invoke(app, ["eval", str(persona_adapter), "--data", str(held_out), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["adapter"]["loss"] < scores["base"]["loss"]
+    assert scores["adapter"]["perplexity"] < scores["base"]["perplexity"]
+    assert scores["base_matches"] is True
+
+
+def test_same_seed_gives_identical_adapter_bytes(tmp_path, base_gguf):
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(PERSONA.read_text(encoding="utf-8").splitlines(keepends=True)[:4]),
+                    encoding="utf-8")
+    config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=48, batch_size=2, seed=3,
+                         eval_split=0.0, threads=1)
+    outputs = []
+    for run in ("a", "b"):
+        train(str(data), base_gguf, str(tmp_path / run), config)
+        outputs.append(tmp_path / run)
+    for name in (manifest.ADAPTER_GGUF_NAME, f"{manifest.PEFT_DIR_NAME}/adapter_model.safetensors"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
+    # And a different seed gives a different adapter (the seed really is what decides).
+    train(str(data), base_gguf, str(tmp_path / "c"), TrainConfig(**{**config.__dict__, "seed": 4}))
+    assert (tmp_path / "c" / manifest.ADAPTER_GGUF_NAME).read_bytes() != \
+        (outputs[0] / manifest.ADAPTER_GGUF_NAME).read_bytes()
