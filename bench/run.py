@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 
 from bench.workload import HEADER, Summary, drive
 from qfserve.engine.llamacpp.protocol import physical_cores
@@ -64,7 +65,9 @@ async def main() -> None:
         for n in clients:
             print(f"\nN = {n}\n{'target':<16}{HEADER}")
             for target in targets:
+                cpu_before = target.cpu_seconds()
                 summary = await drive(n, args.requests_per_client, target.one_request)
+                summary.cpu = target.cpu_seconds() - cpu_before
                 results[target.name][n] = summary
                 print(f"{target.name:<16}{summary.row()}")
     finally:
@@ -73,12 +76,21 @@ async def main() -> None:
 
     reference = results.get("llama-server")
     if reference:
-        print("\ntokens/s ratio to llama-server")
+        print("\nratio to llama-server: tokens/s (tokens per CPU second)")
         for name, by_n in results.items():
             if name != "llama-server":
-                ratios = "  ".join(f"N={n}: {by_n[n].tokens_per_s / reference[n].tokens_per_s:.2f}x" for n in clients)
+                ratios = "  ".join(
+                    f"N={n}: {by_n[n].tokens_per_s / reference[n].tokens_per_s:.2f}x "
+                    f"({by_n[n].tokens_per_cpu_s / max(reference[n].tokens_per_cpu_s, 1e-9):.2f}x)"
+                    for n in clients
+                )
                 print(f"{name:<16}{ratios}")
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # so `finally` stops llama-server and the engine on SIGTERM too
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     asyncio.run(main())

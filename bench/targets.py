@@ -17,10 +17,24 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.workload import QUESTIONS, SAMPLING, Sample
 from qfserve.engine.base import GenerateRequest, SamplingParams, TokenEvent
 from qfserve.engine.prompt import ChatPrompt
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of a process and its children: a load-independent cost measure,
+    since wall-clock throughput on a shared 2-core machine swings with everyone else's work."""
+    if pid is None:
+        return 0.0
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *process.children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in processes)
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def free_port() -> int:
@@ -59,6 +73,9 @@ class EngineTarget:
 
     async def start(self) -> None:
         await self.engine.start()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.engine._process.pid if self.engine._process else None)
 
     async def one_request(self, i: int) -> Sample:
         self._ids += 1
@@ -99,6 +116,9 @@ class LlamaServerTarget:
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid if self.process else None)
 
     async def one_request(self, i: int) -> Sample:
         body = {
@@ -174,6 +194,9 @@ class QfserveHttpTarget:
             json={},
         )
         self.access_token = token.json()["access_token"]
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid if self.process else None)  # the server and its engine worker
 
     async def one_request(self, i: int) -> Sample:
         body = {

@@ -53,20 +53,25 @@ class Summary:
     ttft_p95: float
     e2e_p50: float
     e2e_p95: float
+    cpu: float = 0.0  # CPU seconds the serving processes spent
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall
 
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.tokens / self.cpu if self.cpu else 0.0
+
     def row(self) -> str:
         return (
             f"{self.clients:>3} {self.requests:>4} {self.tokens_per_s:>8.1f} "
             f"{self.ttft_p50 * 1000:>8.0f} {self.ttft_p95 * 1000:>8.0f} "
-            f"{self.e2e_p50:>7.2f} {self.e2e_p95:>7.2f}"
+            f"{self.e2e_p50:>7.2f} {self.e2e_p95:>7.2f} {self.tokens_per_cpu_s:>9.1f}"
         )
 
 
-HEADER = "  N reqs    tok/s ttft50ms ttft95ms  e2e50s  e2e95s"
+HEADER = "  N reqs    tok/s ttft50ms ttft95ms  e2e50s  e2e95s tok/cpu-s"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -8,6 +8,8 @@ Tokenizing is CPU work; callers on an event loop should run `tokenize` in a thre
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import os
 from datetime import datetime
@@ -45,6 +47,20 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+@contextlib.contextmanager
+def _quiet_llama_log():
+    """Mute llama.cpp's log while the vocabulary loads: a vocab-only model has n_ctx_train 0, so
+    llama.cpp warns about context overflow, and llama-cpp-python 0.3.36 maps that warning to ERROR."""
+    from llama_cpp import _logger, llama_cpp
+
+    quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
 def _template_environment() -> ImmutableSandboxedEnvironment:
     # The same environment Hugging Face uses for chat templates, so rendering matches theirs.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -60,7 +76,8 @@ class ChatPrompt:
         import llama_cpp  # heavy import, kept out of module import time
 
         self.model_path = model_path
-        self._llama = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
+        with _quiet_llama_log():
+            self._llama = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
         self._model = self._llama._model
         metadata = self._llama.metadata
         self.chat_template = metadata.get("tokenizer.chat_template", "")

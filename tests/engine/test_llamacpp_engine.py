@@ -49,8 +49,10 @@ def chat_prompt() -> ChatPrompt:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
+    # One ggml thread: ggml's spinning thread barriers collapse when the CPU is shared (CI, other
+    # test processes), and these tests check behaviour, not speed.
     engine = LlamaCppEngine(
-        default_model_path(), parallel=PARALLEL, ctx_per_seq=CTX_PER_SEQ, queue_size=QUEUE_SIZE
+        default_model_path(), parallel=PARALLEL, ctx_per_seq=CTX_PER_SEQ, queue_size=QUEUE_SIZE, threads=1
     )
     await engine.start()
     yield engine
@@ -89,7 +91,7 @@ async def wait_until_idle(engine: LlamaCppEngine, timeout: float = 5.0) -> dict:
     raise AssertionError(f"engine still busy: {engine.stats()}")
 
 
-def repeated_ngrams(tokens: list[int], n: int = 3) -> int:
+def repeated_ngrams(tokens: list[int], n: int = 2) -> int:
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(grams) - len(set(grams))
 
@@ -106,7 +108,7 @@ async def test_a_request_generates(engine, chat_prompt):
 async def test_concurrent_requests_match_serial_runs(engine, chat_prompt):
     questions = ["Name a fruit.", "What is 2+2?", "Say hello in French.", "Name a color.", "Count to three."]
     reqs = [
-        dict(tokens=prompt_of(chat_prompt, q), max_tokens=16, seed=11 + i, temperature=0.01)
+        dict(tokens=prompt_of(chat_prompt, q), max_tokens=10, seed=11 + i, temperature=0.01)
         for i, q in enumerate(questions)
     ]
     serial = [await run(engine, request(r.pop("tokens"), **r)) for r in [dict(r) for r in reqs]]
@@ -124,11 +126,11 @@ async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine
     assert 256 < len(long_tokens) < CTX_PER_SEQ - 16  # more than one prefill chunk
     params = dict(max_tokens=8, seed=21, temperature=0.01)
 
-    short = engine.generate(request(prompt_of(chat_prompt, "Count to fifty."), max_tokens=40, min_tokens=40, seed=1))
+    short = engine.generate(request(prompt_of(chat_prompt, "Count to fifty."), max_tokens=20, min_tokens=20, seed=1))
     short_events = [await short.__anext__()]
     beside = await run(engine, request(long_tokens, **params))  # first sight of this prompt: full prefill
     short_events += [event async for event in short]
-    assert short_events[-1].reason == "length" and short_events[-1].completion_tokens == 40
+    assert short_events[-1].reason == "length" and short_events[-1].completion_tokens == 20
 
     before = engine.stats()["prompt_tokens_reused"]
     alone = await run(engine, request(long_tokens, **params))  # now from the cache
@@ -137,10 +139,10 @@ async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine
 
 
 async def test_repeat_penalty_lowers_repetition(engine, chat_prompt):
-    tokens = prompt_of(chat_prompt, "Write the word 'hello' forty times, separated by spaces.")
+    tokens = prompt_of(chat_prompt, "List the numbers from 1 to 30.")  # ", " recurs: 1, 2, 3, ...
     plain, penalized = 0, 0
     for seed in (1, 2):
-        common = dict(max_tokens=48, min_tokens=48, seed=seed, temperature=0.8, frequency_penalty=0.0)
+        common = dict(max_tokens=32, min_tokens=32, seed=seed, temperature=0.8, frequency_penalty=0.0)
         plain += repeated_ngrams((await run(engine, request(tokens, repeat_penalty=1.0, **common))).tokens)
         penalized += repeated_ngrams((await run(engine, request(tokens, repeat_penalty=2.0, **common))).tokens)
     assert penalized < plain
@@ -148,7 +150,7 @@ async def test_repeat_penalty_lowers_repetition(engine, chat_prompt):
 
 async def test_stop_truncates_exactly_and_never_leaks(engine, chat_prompt):
     tokens = prompt_of(chat_prompt, "Describe the sea in two sentences.")
-    params = dict(max_tokens=40, seed=3, temperature=0.1)
+    params = dict(max_tokens=24, seed=3, temperature=0.1)
     full = await run(engine, request(tokens, **params))
     start = len(full.text) // 2
     stop = full.text[start : start + 5]
@@ -309,7 +311,7 @@ async def test_missing_adapter_is_an_error_finish(engine, chat_prompt):
 async def test_worker_death_fails_pending_requests_and_marks_unavailable(chat_prompt):
     from qfserve.engine.base import EngineUnavailable
 
-    doomed = LlamaCppEngine(default_model_path(), parallel=1, ctx_per_seq=256, show_progress=False)
+    doomed = LlamaCppEngine(default_model_path(), parallel=1, ctx_per_seq=256, threads=1, show_progress=False)
     await doomed.start()
     try:
         stream = doomed.generate(request(prompt_of(chat_prompt, "Tell me a story."), max_tokens=200, min_tokens=200))

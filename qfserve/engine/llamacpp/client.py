@@ -86,6 +86,10 @@ class _EventStream:
 
 
 class LlamaCppEngine(Engine):
+    """One base model served by a worker process with `parallel` sequences of `ctx_per_seq` tokens
+    each, and at most `queue_size` requests waiting for a sequence (beyond that: EngineOverloaded).
+    `threads` defaults to the physical cores: more ggml threads than cores only contend."""
+
     def __init__(
         self,
         model_path: str,

@@ -7,12 +7,31 @@ imports this module. Every call here takes the GIL back, so the decode loop keep
 from __future__ import annotations
 
 import ctypes
+import sys
 from typing import Callable
 
-from llama_cpp import _logger as llama_logger
 from llama_cpp import llama_cpp as L
 
 from qfserve.engine.llamacpp.protocol import WorkerConfig
+
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h; llama-cpp-python 0.3.36's own logger maps these levels wrongly
+GGML_LOG_LEVEL_CONT = 5
+
+
+class _ErrorsOnlyLog:
+    """Forwards llama.cpp's errors to stderr and drops the rest (load chatter, warnings)."""
+
+    def __init__(self) -> None:
+        self.printing = False
+        self.callback = L.llama_log_callback(self._log)  # kept alive as long as this object
+        L.llama_log_set(self.callback, ctypes.c_void_p(0))
+
+    def _log(self, level: int, text: bytes, _user_data) -> None:
+        if level != GGML_LOG_LEVEL_CONT:
+            self.printing = level == GGML_LOG_LEVEL_ERROR
+        if self.printing:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
 
 # Without kv_unified every sequence owns exactly n_ctx / n_seq_max cells, so a finished sequence's
 # cells cannot help any other sequence: we keep them as a prompt cache instead of freeing them.
@@ -20,7 +39,7 @@ from qfserve.engine.llamacpp.protocol import WorkerConfig
 
 class NativeModel:
     def __init__(self, config: WorkerConfig, on_progress: Callable[[float], None]) -> None:
-        llama_logger.set_verbose(False)  # llama.cpp warnings only clutter the server log
+        self._log = _ErrorsOnlyLog()
         L.llama_backend_init()
 
         # Kept on self: ctypes callbacks must outlive the call that uses them.

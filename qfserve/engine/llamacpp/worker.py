@@ -21,7 +21,9 @@ from multiprocessing.connection import Connection
 
 from qfserve.engine.base import FinishEvent, FinishReason, GenerateRequest, TokenEvent, TopLogprob
 from qfserve.engine.llamacpp import protocol
+from qfserve.engine.llamacpp.native import NativeModel
 from qfserve.engine.llamacpp.protocol import WorkerConfig
+from qfserve.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from qfserve.engine.llamacpp.text import StreamingText
 
 
@@ -41,7 +43,7 @@ class Slot:
 class Sequence:
     request: GenerateRequest
     slot: Slot
-    sampler: object  # SequenceSampler
+    sampler: SequenceSampler
     text: StreamingText
     pending: list[int]  # prompt tokens not yet in the KV cache
     next_token: int | None = None  # sampled last step, decoded this step
@@ -64,7 +66,7 @@ class EngineWorker:
     def __init__(self, conn: Connection, config: WorkerConfig) -> None:
         self.conn = conn
         self.config = config
-        self.native = None
+        self.native: NativeModel | None = None
         self.slots: list[Slot] = []
         self.waiting: dict[str, GenerateRequest] = {}  # insertion order is arrival order
         self.running: dict[str, Sequence] = {}
@@ -80,8 +82,6 @@ class EngineWorker:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        from qfserve.engine.llamacpp.native import NativeModel
-
         last_sent = [-1.0]
 
         def on_progress(fraction: float) -> None:
@@ -196,8 +196,6 @@ class EngineWorker:
             self._start(self.waiting.pop(request_id))
 
     def _start(self, request: GenerateRequest) -> None:
-        from qfserve.engine.llamacpp.sampling import SequenceSampler
-
         prompt = request.prompt_tokens
         slot, shared = self._choose_slot(request)
         # Re-evaluate at least the last prompt token: its logits give the first sampled token.
@@ -329,8 +327,6 @@ class EngineWorker:
                 self._sample(seq, index)
 
     def _sample(self, seq: Sequence, index: int) -> None:
-        from qfserve.engine.llamacpp.sampling import token_logprobs
-
         native, params = self.native, seq.request.params
         token = seq.sampler.sample(native.ctx, index)
         if native.is_eog(token):
