@@ -44,14 +44,15 @@ def _without_extra_buffer_types():
 
 @pytest.fixture(scope="session")
 def load_llama():
-    """load_llama(model_path, lora_path=None) → llama_cpp.Llama, on 1 thread (the fastest on a shared 2-core machine), quiet."""
+    """load_llama(model_path, lora_path=None, **kw) → llama_cpp.Llama, quiet, on 1 thread
+    (the fastest on a shared 2-core machine)."""
     import llama_cpp
 
-    def load(model_path: str, lora_path: str | None = None):
+    def load(model_path: str, lora_path: str | None = None, **kwargs):
         with _without_extra_buffer_types():
             return llama_cpp.Llama(
                 model_path=model_path, lora_path=lora_path, n_ctx=512, n_threads=1,
-                n_threads_batch=1, seed=0, verbose=False,
+                n_threads_batch=1, seed=0, verbose=False, **kwargs,
             )
 
     return load
