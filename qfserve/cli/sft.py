@@ -13,6 +13,9 @@ import typer
 from rich.table import Table
 
 from qfserve.cli.common import JsonFlag, console, fail, print_json
+from qfserve.sft.config import TrainConfig
+
+DEFAULTS = TrainConfig()  # one source of truth for the defaults, shown by --help
 
 app = typer.Typer(
     help="Fine-tune a LoRA adapter on Qianfan prompt+response JSONL, and evaluate it.",
@@ -43,17 +46,17 @@ def train(
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for the adapter and its manifest.")],
     base: Annotated[str, typer.Option("--base", help='"default" (the embedded SmolLM2 GGUF), a .gguf file, '
                                       "or a Hugging Face model folder.")] = "default",
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = 2e-4,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = 8,
-    lora_alpha: Annotated[float, typer.Option("--lora-alpha", min=0.0)] = 16.0,
-    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Tokens per conversation; longer ones are cut.")] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
-    seed: Annotated[int, typer.Option(help="Same seed, data, base and threads → bit-identical adapter.")] = 42,
+    epochs: Annotated[int, typer.Option(min=1)] = DEFAULTS.epochs,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = DEFAULTS.learning_rate,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = DEFAULTS.lora_rank,
+    lora_alpha: Annotated[float, typer.Option("--lora-alpha", min=0.0)] = DEFAULTS.lora_alpha,
+    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Tokens per conversation; longer ones are cut.")] = DEFAULTS.max_length,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = DEFAULTS.batch_size,
+    seed: Annotated[int, typer.Option(help="Same seed, data, base and threads → bit-identical adapter.")] = DEFAULTS.seed,
     eval_split: Annotated[float, typer.Option("--eval-split", min=0.0, max=0.9,
-                                              help="Fraction of conversations held out for the eval loss.")] = 0.1,
+                                              help="Fraction of conversations held out for the eval loss.")] = DEFAULTS.eval_split,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads. Bit-identical results need the same count; "
-                                         "more than 1 only pays off on idle cores.")] = 1,
+                                         "more than 1 only pays off on idle cores.")] = DEFAULTS.threads,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a LoRA adapter; writes adapter.gguf (llama.cpp), peft/ (vLLM), manifest.json, train_log.jsonl."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def evaluate(adapter_dir: str, data_path: str, threads: int | None = None) -> Ev
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = encode_all(tokenizer, conversations, hyper["max_length"])
-    model = PeftModel.from_pretrained(loaded.model, str(Path(adapter_dir, manifest_io.PEFT_DIR_NAME)))
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: not ours
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = PeftModel.from_pretrained(loaded.model, str(Path(adapter_dir, manifest_io.PEFT_DIR_NAME)))
     model.eval()
 
     previous_threads = torch.get_num_threads()

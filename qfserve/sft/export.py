@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -103,7 +104,11 @@ def _natural_key(name: str) -> list:
 
 def write_peft_folder(peft_model, folder: str, base_path: str) -> None:
     """`adapter_model.safetensors` + `adapter_config.json`, the layout vLLM's --lora-modules loads."""
-    peft_model.save_pretrained(folder, safe_serialization=True)
+    with warnings.catch_warnings():
+        # PEFT looks for a config.json beside the base to detect vocabulary changes; a GGUF base
+        # has none, and we never train the embeddings.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        peft_model.save_pretrained(folder, safe_serialization=True)
     readme = os.path.join(folder, "README.md")
     if os.path.exists(readme):  # PEFT's generated model-card template says nothing useful here
         os.remove(readme)

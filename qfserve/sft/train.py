@@ -17,38 +17,18 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from qfserve.sft import export, manifest
 from qfserve.sft.base import load_base, resolve_base
+from qfserve.sft.config import TrainConfig
 from qfserve.sft.data import load_conversations
 from qfserve.sft.encode import Example, encode_all
 from qfserve.sft.losses import collate, mean_loss, perplexity, summed_loss
-
-# Every linear layer of the decoder blocks (lm_head and embeddings stay frozen: the base ties them
-# and llama.cpp refuses an adapter on a tied lm_head).
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    learning_rate: float = 2e-4
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    max_length: int = 512
-    batch_size: int = 4
-    seed: int = 42
-    eval_split: float = 0.1  # fraction of conversations held out for the eval loss
-    # Fixed, not "all cores": results are bit-identical only for equal thread counts. One thread
-    # is also the fastest on a shared 2-core machine: with two, every op waits on the slower thread
-    # (measured 2.0 s vs 11.4 s per forward+backward of 4×64 tokens under load).
-    threads: int = 1
-    target_modules: list[str] = field(default_factory=lambda: list(TARGET_MODULES))
-
 
 def split_examples(
     examples: list[Example], fraction: float, seed: int
@@ -87,7 +67,7 @@ def _progress(console):
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("running loss {task.fields[loss]:.4f}"),
         TimeElapsedColumn(),
         console=console,
         disable=console is None,
@@ -127,7 +107,9 @@ def _run_epochs(model, train_set, config, pad_id, log_path: Path, console) -> tu
                 record = {"step": len(losses), "epoch": epoch + 1, "loss": round(losses[-1], 6),
                           "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
                 log.write(json.dumps(record) + "\n")
-                progress.update(task, advance=1, epoch=epoch + 1, loss=losses[-1])
+                # The bar shows this epoch's running mean: single steps are too noisy to read.
+                running = epoch_loss_sum / epoch_tokens
+                progress.update(task, advance=1, epoch=epoch + 1, loss=running)
     model.eval()
     return losses, epoch_loss_sum / epoch_tokens
 
@@ -149,7 +131,7 @@ def train(
     from peft import LoraConfig, get_peft_model
 
     config = config or TrainConfig()
-    say = console.print if console is not None else (lambda *a, **k: None)
+    say = (lambda text: console.print(text, soft_wrap=True)) if console is not None else (lambda text: None)
     conversations = load_conversations(data_path)  # raises DataError before any heavy work
     base_path = resolve_base(base)
     out = Path(out_dir)
@@ -168,7 +150,10 @@ def train(
     say(f"{len(train_set)} train / {len(eval_set)} eval conversations"
         + (f", {n_truncated} truncated to {config.max_length} tokens" if n_truncated else ""))
 
-    with deterministic(config.seed, config.threads):
+    with deterministic(config.seed, config.threads), warnings.catch_warnings():
+        # Noise from library internals, not about the user's run: PEFT calls a transformers API
+        # deprecated in v5.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         base_eval_loss = mean_loss(loaded.model, eval_set, pad_id)
         lora = LoraConfig(
             r=config.lora_rank,
