@@ -136,6 +136,9 @@ def train(
     base_path = resolve_base(base)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The manifest is written last and marks the folder complete; a rerun into the same folder
+    # first removes the old one, so a crash never leaves an old manifest over new files.
+    (out / manifest.MANIFEST_NAME).unlink(missing_ok=True)
     started = time.monotonic()
 
     say(f"base {base_path}")
@@ -146,9 +149,11 @@ def train(
     if not examples:
         raise ValueError(f"no conversation keeps a response token within --max-length {config.max_length}")
     n_truncated = sum(e.truncated for e in examples)
+    n_dropped = len(conversations) - len(examples)  # cut before their first response token
     train_set, eval_set = split_examples(examples, config.eval_split, config.seed)
     say(f"{len(train_set)} train / {len(eval_set)} eval conversations"
-        + (f", {n_truncated} truncated to {config.max_length} tokens" if n_truncated else ""))
+        + (f", {n_truncated} truncated to {config.max_length} tokens" if n_truncated else "")
+        + (f", {n_dropped} dropped (no response within {config.max_length} tokens)" if n_dropped else ""))
 
     with deterministic(config.seed, config.threads), warnings.catch_warnings():
         # Noise from library internals, not about the user's run: PEFT calls a transformers API
@@ -177,6 +182,7 @@ def train(
         export.write_adapter_gguf(model, arch, config.lora_alpha, str(out / manifest.ADAPTER_GGUF_NAME))
         files["gguf"] = manifest.ADAPTER_GGUF_NAME
     except ValueError as exc:  # unsupported architecture: the PEFT export is still usable
+        (out / manifest.ADAPTER_GGUF_NAME).unlink(missing_ok=True)  # never a stale one from a rerun
         say(f"[yellow]no llama.cpp adapter written: {exc}")
 
     result = {
@@ -188,6 +194,7 @@ def train(
             "train_lines": [e.line for e in train_set],
             "eval_lines": [e.line for e in eval_set],
             "truncated": n_truncated,
+            "dropped": n_dropped,
         },
         "hyperparameters": asdict(config),
         "result": {
