@@ -55,7 +55,7 @@ class NativeModel:
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load the model {config.model_path}")
 
-        self.batch_capacity = config.parallel + config.prefill_chunk
+        self.batch_capacity = max(config.parallel + config.prefill_chunk, config.idle_prefill_chunk)
         context_params = L.llama_context_default_params()
         context_params.n_ctx = config.parallel * config.ctx_per_seq
         context_params.n_seq_max = config.parallel

@@ -44,3 +44,4 @@ class WorkerConfig:
     threads: int = 2
     queue_size: int = 64  # requests allowed to wait for a free sequence
     prefill_chunk: int = 256  # prompt tokens per step, across all prefills, so streams keep flowing
+    idle_prefill_chunk: int = 512  # the same when no stream is decoding: nothing waits, so go faster

@@ -302,7 +302,9 @@ class EngineWorker:
         for seq in members:
             if seq.next_token is not None:
                 add(seq, [seq.next_token], sample_last=True)
-        budget = self.config.prefill_chunk
+        # Prompt chunks are capped so running streams keep their pace; with none running (a burst
+        # of new requests) a bigger chunk gets everyone their first token sooner.
+        budget = self.config.prefill_chunk if tokens else self.config.idle_prefill_chunk
         for seq in members:
             if seq.pending and budget > 0:
                 chunk = seq.pending[:budget]
