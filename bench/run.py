@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 from bench.workload import HEADER, Summary, drive
 from qfserve.engine.llamacpp.protocol import physical_cores
@@ -74,6 +78,7 @@ async def main() -> None:
         for target in targets:
             await target.close()
 
+    save(args, results)
     reference = results.get("llama-server")
     if reference:
         print("\nratio to llama-server: tokens/s (tokens per CPU second)")
@@ -85,6 +90,19 @@ async def main() -> None:
                     for n in clients
                 )
                 print(f"{name:<16}{ratios}")
+
+
+def save(args: argparse.Namespace, results: dict[str, dict[int, Summary]]) -> None:
+    """Keep each run's numbers in bench/results/ (git-ignored) for later comparison."""
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / time.strftime("%Y%m%d-%H%M%S.json")
+    rows = {
+        name: {n: {**asdict(s), "tokens_per_s": s.tokens_per_s, "tokens_per_cpu_s": s.tokens_per_cpu_s} for n, s in by_n.items()}
+        for name, by_n in results.items()
+    }
+    path.write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+    print(f"\nsaved {path}")
 
 
 def _stop(signum, frame) -> None:

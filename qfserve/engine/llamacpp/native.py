@@ -33,9 +33,6 @@ class _ErrorsOnlyLog:
             sys.stderr.write(text.decode("utf-8", "replace"))
 
 
-# Without kv_unified every sequence owns exactly n_ctx / n_seq_max cells, so a finished sequence's
-# cells cannot help any other sequence: we keep them as a prompt cache instead of freeing them.
-
 
 class NativeModel:
     def __init__(self, config: WorkerConfig, on_progress: Callable[[float], None]) -> None:

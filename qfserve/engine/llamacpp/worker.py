@@ -30,7 +30,11 @@ from qfserve.engine.llamacpp.text import StreamingText
 @dataclass(eq=False)
 class Slot:
     """One llama.cpp sequence id and what its KV cache holds, kept after a request ends so the next
-    request with the same prefix (a multi-turn conversation resending its history) skips it."""
+    request with the same prefix (a multi-turn conversation resending its history) skips it.
+
+    Keeping costs nothing: without kv_unified each sequence owns exactly n_ctx / n_seq_max cells,
+    so freeing a finished sequence's cells could not help any other sequence. They are dropped
+    (`llama_memory_seq_rm`) when the slot is reused for another prompt or after a failed step."""
 
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV is in the cache, in order
