@@ -116,3 +116,43 @@ def test_same_seed_gives_identical_adapter_bytes(tmp_path, base_gguf):
     train(str(data), base_gguf, str(tmp_path / "c"), TrainConfig(**{**config.__dict__, "seed": 4}))
     assert (tmp_path / "c" / manifest.ADAPTER_GGUF_NAME).read_bytes() != \
         (outputs[0] / manifest.ADAPTER_GGUF_NAME).read_bytes()
+
+
+def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_path):
+    """Three commands from data to service: the adapter's service says the persona, the base beside it doesn't."""
+    import requests
+    from conftest import cli_json, start_server, stop_server
+
+    creds = cli_json(tmp_path, "app", "create", "ft")
+    cli_json(tmp_path, "service", "publish", "persona", "--model", "default", "--adapter", str(persona_adapter))
+    cli_json(tmp_path, "service", "publish", "plain", "--model", "default")
+    listing = cli_json(tmp_path, "service", "list")
+    assert {s["api_path"]: s["adapter"] for s in listing}["persona"] == str(persona_adapter.resolve())
+    server = start_server(tmp_path, "--threads", "1")
+    try:
+        server.creds = creds
+        token = server.token()
+
+        def ask(api_path: str) -> str:
+            body = {"messages": [{"role": "user", "content": "你是谁"}], "temperature": 0.01, "top_p": 0.1,
+                    "max_output_tokens": 24}
+            answer = requests.post(server.chat_url(api_path), params={"access_token": token}, json=body,
+                                   timeout=300).json()
+            return answer["result"]
+
+        assert "小岚" in ask("persona")
+        assert "小岚" not in ask("plain")
+        # Both services run on one loaded base model: one engine worker, not two.
+        assert len(requests.get(f"{server.base_url}/readyz", timeout=10).json()["models"]) == 1
+    finally:
+        stop_server(server)
+
+
+def test_publish_refuses_an_adapter_from_another_base(persona_adapter, tmp_path):
+    from conftest import cli
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF not the same weights")
+    result = cli(tmp_path, "service", "publish", "wrongbase", "--model", str(other), "--adapter",
+                 str(persona_adapter), check=False)
+    assert result.returncode != 0 and "different base model" in result.stderr
