@@ -73,7 +73,8 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *extra: str, env: dict | None = None, wait: float = 180.0) -> Server:
+def start_server(data_dir: Path, *extra: str, env: dict | None = None, wait: float = 180.0,
+                 new_session: bool = False) -> Server:
     port = free_port()
     log_path = data_dir / f"server-{port}.log"
     log_file = open(log_path, "w")
@@ -81,6 +82,7 @@ def start_server(data_dir: Path, *extra: str, env: dict | None = None, wait: flo
         [*QFSERVE, "serve", "--data-dir", str(data_dir), "--port", str(port), "--parallel", "4",
          "--ctx-per-seq", "2048", *extra],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT,
+        start_new_session=new_session,
     )
     server = Server(data_dir, port, process, log_path)
     deadline = time.monotonic() + wait

@@ -230,6 +230,8 @@ class ChatServing:
         finish: FinishEvent | None = None
         finish_reason = "normal"
         first_token_at = last_token_at = None
+        # Labelled children once per request: `.labels()` per token is a locked dict lookup.
+        ttft_metric, itl_metric = metrics.TTFT.labels(service), metrics.ITL.labels(service)
         events = _engine_events(prepared.engine, GenerateRequest(
             prepared.request_id, prepared.prompt_tokens, prepared.params, adapter=prepared.adapter, service=service))
         def pieces(text: str, *, final: bool = False) -> list[dict]:
@@ -251,9 +253,9 @@ class ChatServing:
                     now = time.monotonic()
                     if first_token_at is None:
                         first_token_at = now
-                        metrics.TTFT.labels(service).observe(now - prepared.started)
+                        ttft_metric.observe(now - prepared.started)
                     else:
-                        metrics.ITL.labels(service).observe(now - last_token_at)
+                        itl_metric.observe(now - last_token_at)
                     last_token_at = now
                     completion_tokens += 1
                     if want_logprobs:
@@ -280,7 +282,8 @@ class ChatServing:
                     break
             if finish is not None and finish.reason == "error":
                 log.error("engine error on %s: %s", prepared.request_id, finish.error)
-                raise QianfanError(Code.INTERNAL)
+                # A dead worker is the retryable "backend down"; anything else is an internal error.
+                raise QianfanError(Code.INTERNAL if prepared.engine.ready else Code.SERVICE_UNAVAILABLE)
             if finish_reason != "content_filter":
                 rest = ""
                 if output_filter is not None:

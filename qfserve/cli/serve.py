@@ -121,14 +121,10 @@ def _ensure_demo(settings: Settings) -> None:
                  f"&client_id={creds['api_key']}&client_secret={creds['secret_key']}")
     body = json.dumps({"messages": [{"role": "user", "content": "介绍一下北京"}]}, ensure_ascii=False)
     chat_url = f"{base}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{DEMO_SERVICE}?access_token=$TOKEN"
-    lines = [
-        f"API Key:    {creds['api_key']}",
-        f"Secret Key: {creds['secret_key']}",
-        f"api_path:   {DEMO_SERVICE}",
-        "",
-        "# 1. get an access token",
-        f"TOKEN=$(curl -s {shlex.quote(token_url)} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        "# 2. chat",
-        f"curl -X POST \"{chat_url}\" -d {shlex.quote(body)}",
-    ]
-    console.print(Panel("\n".join(lines), title="qfserve demo", expand=False), soft_wrap=True)
+    keys = f"API Key:    {creds['api_key']}\nSecret Key: {creds['secret_key']}\napi_path:   {DEMO_SERVICE}"
+    console.print(Panel(keys, title="qfserve demo", expand=False))
+    # Plain prints: the commands must survive copy-paste whole, without rich's wrapping.
+    print("# 1. get an access token")
+    print(f"TOKEN=$(curl -s {shlex.quote(token_url)} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    print("# 2. chat")
+    print(f"curl -X POST \"{chat_url}\" -d {shlex.quote(body)}", flush=True)

@@ -362,7 +362,10 @@ class EngineWorker:
 
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
     """Process entry point (multiprocessing 'spawn' target)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+    # Ctrl+C and a group-wide SIGTERM are the parent's to handle: it finishes in-flight answers,
+    # then closes this worker (which also exits by itself if the parent dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = EngineWorker(conn, config)
     try:
         worker.load()
