@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -165,6 +166,7 @@ class QfserveHttpTarget:
 
     def __init__(self, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int):
         self.data_dir = Path(tempfile.mkdtemp(prefix="qfserve-bench-"))
+        self.url = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/bench"
         self.port = free_port()
         self.settings = ["--parallel", str(parallel), "--ctx-per-seq", str(ctx_per_seq), "--threads", str(threads)]
         self.max_tokens = max_tokens
@@ -198,6 +200,57 @@ class QfserveHttpTarget:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid if self.process else None)  # the server and its engine worker
 
+    def http_cpu_seconds(self) -> float:
+        """CPU time of the HTTP process alone (not its engine worker)."""
+        try:
+            return sum(psutil.Process(self.process.pid).cpu_times()[:2]) if self.process else 0.0
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    async def ttft_counters(self) -> tuple[float, float]:
+        """(sum, count) of the server's own time-to-first-token histogram: the first *token*, where
+        the client only sees the first clause-sized chunk."""
+        text = (await self.client.get("/metrics")).text
+        values = {}
+        for name in ("sum", "count"):
+            match = re.search(rf"^qfserve_time_to_first_token_seconds_{name}{{[^}}]*}} ([0-9.e+-]+)$", text, re.M)
+            values[name] = float(match.group(1)) if match else 0.0
+        return values["sum"], values["count"]
+
+    def worker_pid(self) -> int | None:
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return None
+        # The spawn context also starts multiprocessing's resource tracker: the worker is the big one.
+        sizes = []
+        for child in children:
+            try:
+                sizes.append((child.memory_info().rss, child.pid))
+            except psutil.NoSuchProcess:
+                pass
+        return max(sizes)[1] if sizes else None
+
+    async def chat(self, body: dict, *, first_chunk_only: bool = False) -> tuple[float, str, dict]:
+        """One streaming chat call: (seconds to the first chunk with text, the answer, the last chunk).
+        With `first_chunk_only` the client hangs up right after that first chunk."""
+        start = time.perf_counter()
+        ttft, parts, last = None, [], {}
+        async with self.client.stream("POST", self.url, params={"access_token": self.access_token},
+                                      json={**body, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                last = json.loads(line[6:])
+                if "error_code" in last:
+                    raise RuntimeError(f"qfserve answered {last}")
+                parts.append(last.get("result", ""))
+                if ttft is None and last.get("result"):
+                    ttft = time.perf_counter() - start
+                    if first_chunk_only:
+                        break
+        return (ttft if ttft is not None else time.perf_counter() - start), "".join(parts), last
+
     async def one_request(self, i: int) -> Sample:
         body = {
             "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
@@ -210,8 +263,7 @@ class QfserveHttpTarget:
         }
         start = time.perf_counter()
         ttft, tokens = None, 0
-        url = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/bench"
-        async with self.client.stream("POST", url, params={"access_token": self.access_token}, json=body) as response:
+        async with self.client.stream("POST", self.url, params={"access_token": self.access_token}, json=body) as response:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
                     continue
