@@ -9,27 +9,10 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from qfserve.engine.llamacpp.protocol import physical_cores
+
 CONFIG_FILE = "qfserve.toml"
 PID_FILE = "qfserve.pid"  # written by a running server, read by `qfserve safety reload`
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp slows down when its threads outnumber them)."""
-    try:
-        seen = set()
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    seen.add((phys, core))
-        if seen:
-            return min(len(seen), len(os.sched_getaffinity(0)))
-    except (OSError, AttributeError):
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class Settings(BaseSettings):

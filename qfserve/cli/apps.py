@@ -68,47 +68,37 @@ def list_(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> No
     console.print(table)
 
 
+def _change(data_dir, change, *args, done: str) -> None:
+    with open_store(data_dir) as store:
+        try:
+            change(store, *args)
+        except app_store.AppNotFound as exc:
+            fail(str(exc))
+    console.print(done)
+
+
+Service = Annotated[str, typer.Argument(help="The service's api_path.")]
+
+
 @app.command("delete")
 def delete(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Delete an app; its access tokens stop working at once."""
-    with open_store(data_dir) as store:
-        try:
-            app_store.delete_app(store, name)
-        except app_store.AppNotFound as exc:
-            fail(str(exc))
-    console.print(f"deleted app {name}")
+    _change(data_dir, app_store.delete_app, name, done=f"deleted app {name}")
 
 
 @app.command("grant")
-def grant(name: Name, api_path: Annotated[str, typer.Argument(help="Service to allow.")],
-          data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+def grant(name: Name, api_path: Service, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Allow the app to call a service. From the first grant on, the app may call only granted services."""
-    with open_store(data_dir) as store:
-        try:
-            app_store.grant(store, name, api_path)
-        except app_store.AppNotFound as exc:
-            fail(str(exc))
-    console.print(f"app {name} may call {api_path}")
+    _change(data_dir, app_store.grant, name, api_path, done=f"app {name} may call {api_path}")
 
 
 @app.command("revoke")
-def revoke(name: Name, api_path: Annotated[str, typer.Argument(help="Service to disallow.")],
-           data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+def revoke(name: Name, api_path: Service, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Withdraw a grant (the app then calls only its remaining granted services)."""
-    with open_store(data_dir) as store:
-        try:
-            app_store.revoke(store, name, api_path)
-        except app_store.AppNotFound as exc:
-            fail(str(exc))
-    console.print(f"app {name} may no longer call {api_path}")
+    _change(data_dir, app_store.revoke, name, api_path, done=f"app {name} may no longer call {api_path}")
 
 
 @app.command("allow-all")
 def allow_all(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Let the app call every service again (drops its grants)."""
-    with open_store(data_dir) as store:
-        try:
-            app_store.allow_all(store, name)
-        except app_store.AppNotFound as exc:
-            fail(str(exc))
-    console.print(f"app {name} may call every service")
+    _change(data_dir, app_store.allow_all, name, done=f"app {name} may call every service")
