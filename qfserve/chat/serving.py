@@ -296,6 +296,7 @@ class ChatServing:
                     yield chunk
             if finish is not None:
                 completion_tokens = finish.completion_tokens
+                metrics.QUEUE_TIME.labels(service).observe(finish.queue_seconds)
                 if finish_reason != "content_filter":
                     finish_reason = "stop" if finish.matched_stop else _FINISH_REASONS.get(finish.reason, "normal")
             truncated = finish is not None and finish.reason == "length"

@@ -67,6 +67,7 @@ class FinishEvent:
     text: str = ""  # any held-back text released at the end
     error: str | None = None
     matched_stop: str | None = None  # the stop string that ended generation (reason "stop"); None at end-of-generation
+    queue_seconds: float = 0.0  # time the request waited for a free sequence
 
 
 EngineEvent = TokenEvent | FinishEvent

@@ -156,3 +156,16 @@ def test_unexpected_exception_is_336000_without_traceback(client, monkeypatch):
     ScriptedEngine.mode = "ok"
     monkeypatch.undo()
     assert client.post(client.url, json=BODY).json()["result"]
+
+
+def test_metrics_and_health(client):
+    client.post(client.url, json=BODY)
+    text = client.get("/metrics").text
+    for name in ("qfserve_time_to_first_token_seconds_count", "qfserve_inter_token_latency_seconds_count",
+                 "qfserve_queue_time_seconds_count", "qfserve_request_seconds_count",
+                 "qfserve_prompt_tokens_total", "qfserve_generated_tokens_total"):
+        line = next(l for l in text.splitlines() if l.startswith(name + '{service="svc"}'))
+        assert float(line.split()[-1]) > 0, line
+    assert "qfserve_running_sequences" in text and "qfserve_waiting_sequences" in text
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True

@@ -52,6 +52,7 @@ class Sequence:
     pending: list[int]  # prompt tokens not yet in the KV cache
     next_token: int | None = None  # sampled last step, decoded this step
     generated: int = 0
+    queue_seconds: float = 0.0
 
     @property
     def request_id(self) -> str:
@@ -73,6 +74,7 @@ class EngineWorker:
         self.native: NativeModel | None = None
         self.slots: list[Slot] = []
         self.waiting: dict[str, GenerateRequest] = {}  # insertion order is arrival order
+        self.enqueued_at: dict[str, float] = {}
         self.running: dict[str, Sequence] = {}
         self.outbox: list[tuple[str, TokenEvent | FinishEvent]] = []
         self.shutting_down = False
@@ -193,6 +195,7 @@ class EngineWorker:
             except ValueError as error:
                 return self._refuse(request, str(error))
         self.waiting[request.request_id] = request
+        self.enqueued_at[request.request_id] = time.monotonic()
 
     def _admit(self) -> None:
         while self.waiting and any(not slot.busy for slot in self.slots):
@@ -220,6 +223,7 @@ class EngineWorker:
             sampler=sampler,
             text=StreamingText(request.params.stop),
             pending=prompt[keep:],
+            queue_seconds=time.monotonic() - self.enqueued_at.pop(request.request_id, time.monotonic()),
         )
 
     def _choose_slot(self, request: GenerateRequest) -> tuple[Slot, int]:
@@ -249,6 +253,7 @@ class EngineWorker:
             text=text,
             error=error,
             matched_stop=seq.text.matched_stop,
+            queue_seconds=seq.queue_seconds,
         )
         self.outbox.append((seq.request_id, event))
         seq.sampler.free()
@@ -263,6 +268,7 @@ class EngineWorker:
     def _cancel(self, request_id: str) -> None:
         if request_id in self.waiting:
             request = self.waiting.pop(request_id)
+            self.enqueued_at.pop(request_id, None)
             self.outbox.append((request_id, FinishEvent("cancelled", len(request.prompt_tokens), 0)))
         elif request_id in self.running:
             self._finish(self.running[request_id], "cancelled")
