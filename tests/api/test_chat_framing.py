@@ -104,9 +104,10 @@ def test_stream_is_sentence_chunked(client):
     assert response.headers["content-type"] == "text/event-stream;charset=utf-8"
     assert response.headers["statement"] == "AI-generated"
     chunks = events(response)
-    assert [c["result"] for c in chunks] == ["你好，世界。", "Hello there.", " Bye", ""]
-    assert [c["sentence_id"] for c in chunks] == [0, 1, 2, 3]
-    assert [c["is_end"] for c in chunks] == [False, False, False, True]
+    # The first visible text goes out at once; then clauses.
+    assert [c["result"] for c in chunks] == ["你好", "，世界。", "Hello there.", " Bye", ""]
+    assert [c["sentence_id"] for c in chunks] == [0, 1, 2, 3, 4]
+    assert [c["is_end"] for c in chunks] == [False, False, False, False, True]
     assert len({c["id"] for c in chunks}) == 1 and all("usage" in c for c in chunks)
     assert chunks[-1]["usage"]["completion_tokens"] == len(SCRIPT)
 
@@ -141,7 +142,7 @@ def test_engine_refusals_are_retryable_codes(client, mode, code):
 def test_error_after_first_chunk_is_a_data_line(client):
     ScriptedEngine.mode = "fail_midway"
     chunks = events(client.post(client.url, json={**BODY, "stream": True}))
-    assert chunks[0]["result"] == "你好，世界。"
+    assert "".join(c.get("result", "") for c in chunks[:-1]) == "你好，世界。"
     assert chunks[-1]["error_code"] == 336000 and chunks[-1]["error_msg"] == "Internal error"
 
 

@@ -1,8 +1,8 @@
 from qfserve.chat.sentences import SentenceSplitter
 
 
-def split(pieces, max_chars=80):
-    splitter = SentenceSplitter(max_chars)
+def split(pieces, max_chars=80, first_chunk=False):
+    splitter = SentenceSplitter(max_chars, first_chunk=first_chunk)
     chunks = [c for p in pieces for c in splitter.feed(p)]
     rest = splitter.flush()
     return chunks + ([rest] if rest else [])
@@ -28,3 +28,7 @@ def test_nothing_is_lost():
     for size in (1, 2, 3, 7):
         pieces = [text[i:i + size] for i in range(0, len(text), size)]
         assert "".join(split(pieces)) == text
+
+
+def test_first_visible_text_goes_out_at_once():
+    assert split(["\n", "以下", "为您推荐。", "好的"], first_chunk=True) == ["\n以下", "为您推荐。", "好的"]
