@@ -1,9 +1,10 @@
 """LlamaCppEngine: the HTTP process's handle on an engine worker process.
 
 The worker owns llama.cpp; this side only pickles requests into a pipe and routes the events that
-come back to one asyncio queue per request. A reader thread blocks on the pipe and hands each
-step's events to the owning event loops with one `call_soon_threadsafe` per loop, so nothing here
-ever blocks a loop and requests may come from any loop (tests use several).
+come back to one asyncio queue per request. The event loop that started the engine watches the pipe
+(`add_reader`) and delivers each step's events directly; requests made on other loops (tests use
+several) get theirs with one `call_soon_threadsafe` per loop, as long as the engine's own loop
+runs. Nothing here blocks a loop.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class LlamaCppEngine(Engine):
         self.worker_info: dict = {}  # n_ctx_seq, n_vocab, threads: sent by the worker when ready
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn = None
-        self._reader: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards _routes and _worker_stats (reader thread vs loops)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gone: asyncio.Event | None = None  # set when the pipe reaches EOF
+        self._lock = threading.Lock()  # guards _routes and _worker_stats (callers may run on several loops)
         self._send_lock = threading.Lock()
         self._routes: dict[str, _Route] = {}
         self._worker_stats: dict = {"running": 0, "waiting": 0}
@@ -141,10 +143,11 @@ class LlamaCppEngine(Engine):
             await asyncio.to_thread(self._process.start)
             child_end.close()  # so the reader sees EOF when the worker dies
             self._conn = parent_end
-            self._reader = threading.Thread(
-                target=self._read_loop, args=(loop, started), name="qfserve-engine-reader", daemon=True
-            )
-            self._reader.start()
+            # The event loop itself watches the pipe: one wake-up per engine step, no reader thread
+            # handing each message over (which cost a second wake-up and a GIL hand-off per step).
+            self._loop = loop
+            self._gone = asyncio.Event()
+            loop.add_reader(parent_end.fileno(), self._on_readable, loop, started)
             await started
         self._ready = True
 
@@ -163,8 +166,12 @@ class LlamaCppEngine(Engine):
             await asyncio.to_thread(process.join, 5)
         if process.is_alive():
             process.kill()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, 5)
+        if self._gone is not None:
+            try:  # the pipe's EOF settles what is left
+                await asyncio.wait_for(self._gone.wait(), 5)
+            except asyncio.TimeoutError:
+                self._stop_reading()
+                self._worker_gone()
         if self._conn is not None:
             self._conn.close()
         self._process = None
@@ -224,28 +231,36 @@ class LlamaCppEngine(Engine):
         try:
             self._send(message)
         except (OSError, EOFError, ValueError, AttributeError):
-            pass  # the worker is gone; the reader thread settles the routes
+            pass  # the worker is gone; the pipe's EOF settles the routes
 
-    def _read_loop(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
+    def _on_readable(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
         try:
-            while True:
-                message = self._conn.recv()
-                kind = message[0]
-                if kind == protocol.EVENTS:
-                    self._dispatch(message[1], message[2])
-                elif kind == protocol.PROGRESS:
-                    self.load_progress = message[1]
-                    if self._on_progress is not None:
-                        self._on_progress(message[1])
-                elif kind == protocol.READY:
-                    self.worker_info = message[1]
-                    self._resolve(loop, started, None)
-                elif kind == protocol.LOAD_FAILED:
-                    self._resolve(loop, started, EngineUnavailable(f"model load failed: {message[1]}"))
+            while self._conn.poll():
+                self._handle(self._conn.recv(), loop, started)
         except (EOFError, OSError):
-            pass
-        self._resolve(loop, started, EngineUnavailable("the engine worker exited while loading"))
-        self._worker_gone()
+            self._stop_reading()
+            self._resolve(loop, started, EngineUnavailable("the engine worker exited while loading"))
+            self._worker_gone()
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and self._conn is not None and not self._conn.closed:
+            self._loop.remove_reader(self._conn.fileno())
+        if self._gone is not None:
+            self._gone.set()
+
+    def _handle(self, message: tuple, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
+        kind = message[0]
+        if kind == protocol.EVENTS:
+            self._dispatch(message[1], message[2])
+        elif kind == protocol.PROGRESS:
+            self.load_progress = message[1]
+            if self._on_progress is not None:
+                self._on_progress(message[1])
+        elif kind == protocol.READY:
+            self.worker_info = message[1]
+            self._resolve(loop, started, None)
+        elif kind == protocol.LOAD_FAILED:
+            self._resolve(loop, started, EngineUnavailable(f"model load failed: {message[1]}"))
 
     @staticmethod
     def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: Exception | None) -> None:
@@ -290,9 +305,11 @@ class LlamaCppEngine(Engine):
             by_loop[route.loop].append((route.queue, event))
         self._post(by_loop)
 
-    @staticmethod
-    def _post(by_loop: dict) -> None:
+    def _post(self, by_loop: dict) -> None:
         for loop, items in by_loop.items():
+            if loop is self._loop:
+                _deliver(items)  # we are on that loop already
+                continue
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:
