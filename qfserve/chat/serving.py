@@ -26,7 +26,7 @@ from qfserve.engine.base import (
     TokenEvent,
 )
 from qfserve.engine.prompt import ChatPrompt
-from qfserve.limits.base import Budget, Limiter, Reservation, limit_key
+from qfserve.limits.base import Limiter, Reservation, limit_key
 from qfserve.protocol.chat import ChatRequest, parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.services.adapters import adapter_gguf
@@ -339,9 +339,6 @@ class ChatServing:
             body["logprobs"] = {"content": logprobs}
         body["usage"] = last["usage"]
         return body
-
-    async def remaining_budget(self, prepared: PreparedChat) -> Budget:
-        return prepared.reservation.budget
 
     # ---- after the answer --------------------------------------------------------------------
 
