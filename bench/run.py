@@ -99,6 +99,7 @@ async def main() -> None:
                 cpu_before = target.cpu_seconds()
                 http_before = target.http_cpu_seconds() if hasattr(target, "http_cpu_seconds") else None
                 ttft_before = await target.ttft_counters() if http_before is not None else None
+                worker_before = await target.worker_counters() if hasattr(target, "worker_counters") else None
                 summary = await drive(n, args.requests_per_client, target.one_request)
                 summary.cpu = target.cpu_seconds() - cpu_before
                 results[target.name][n] = summary
@@ -110,6 +111,12 @@ async def main() -> None:
                     server_ttft = (ttft_sum - ttft_before[0]) / max(ttft_count - ttft_before[1], 1)
                     print(f"{'':<16}  HTTP process alone: {http_cpu:.2f} CPU s, {http_cpu_ms[n]:.3f} CPU ms per token; "
                           f"server's first token (not chunk): mean {server_ttft * 1000:.0f} ms")
+                if worker_before is not None:
+                    # The profile behind a ratio: how much of the worker's step time llama_decode takes.
+                    busy, decode, steps = (a - b for a, b in zip(await target.worker_counters(), worker_before))
+                    if steps:
+                        print(f"{'':<16}  engine worker: {steps} steps, {1000 * busy / steps:.1f} ms per step, "
+                              f"{100 * decode / max(busy, 1e-9):.1f} % of it in llama_decode")
     finally:
         for target in targets:
             await target.close()

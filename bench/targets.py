@@ -78,6 +78,10 @@ class EngineTarget:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.engine._process.pid if self.engine._process else None)
 
+    async def worker_counters(self) -> tuple[float, float, int]:
+        stats = self.engine.stats()
+        return stats.get("busy_seconds", 0.0), stats.get("decode_seconds", 0.0), stats.get("steps", 0)
+
     async def one_request(self, i: int) -> Sample:
         self._ids += 1
         params = SamplingParams(max_tokens=self.max_tokens, min_tokens=self.max_tokens, seed=i, **SAMPLING)
@@ -216,6 +220,12 @@ class QfserveHttpTarget:
             match = re.search(rf"^qfserve_time_to_first_token_seconds_{name}{{[^}}]*}} ([0-9.e+-]+)$", text, re.M)
             values[name] = float(match.group(1)) if match else 0.0
         return values["sum"], values["count"]
+
+    async def worker_counters(self) -> tuple[float, float, int]:
+        """(busy, decode seconds, steps) of the engine worker, from /readyz."""
+        models = (await self.client.get("/readyz")).json()["models"]
+        stats = next(iter(models.values()), {})
+        return stats.get("busy_seconds", 0.0), stats.get("decode_seconds", 0.0), stats.get("steps", 0)
 
     def worker_pid(self) -> int | None:
         try:

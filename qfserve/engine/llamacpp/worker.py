@@ -84,6 +84,8 @@ class EngineWorker:
         self.steps = 0
         self.tokens_generated = 0
         self.prompt_tokens_reused = 0
+        self.busy_seconds = 0.0  # time inside steps
+        self.decode_seconds = 0.0  # of which inside llama_decode
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -115,12 +117,14 @@ class EngineWorker:
                 return
             self._admit()
             if self.running:
+                step_started = time.perf_counter()
                 try:
                     self._step()
                 except Exception:  # never take the process down for one bad step
                     traceback.print_exc(file=sys.stderr)
                     for seq in list(self.running.values()):
                         self._finish(seq, "error", error="internal engine error", wipe=True)
+                self.busy_seconds += time.perf_counter() - step_started
             self._flush()
 
     # -- messages -----------------------------------------------------------------------------
@@ -162,6 +166,10 @@ class EngineWorker:
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
             "prompt_tokens_reused": self.prompt_tokens_reused,
+            # Where a step's time goes: llama_decode versus everything else in the loop (the profile
+            # the benchmark prints).
+            "busy_seconds": round(self.busy_seconds, 4),
+            "decode_seconds": round(self.decode_seconds, 4),
         }
 
     # -- admission ----------------------------------------------------------------------------
@@ -321,7 +329,9 @@ class EngineWorker:
                 budget -= len(chunk)
                 add(seq, chunk, sample_last=len(chunk) == len(seq.pending))
 
+        decode_started = time.perf_counter()
         code = self.native.decode(tokens, positions, seq_ids, logits)
+        self.decode_seconds += time.perf_counter() - decode_started
         self.steps += 1
         if code != 0:
             for seq, _, _ in added:
