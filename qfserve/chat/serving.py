@@ -84,7 +84,6 @@ def _sampling_params(request: ChatRequest, max_tokens: int) -> SamplingParams:
         stop=request.stop,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs or 0,
-        seed=request.extra.get("seed"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from qfserve.protocol.errors import (
     MSG_EVEN_ROLE,
@@ -56,8 +56,6 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
-    # Set by the HTTP layer from the query string, never from the body.
-    extra: dict[str, Any] = Field(default_factory=dict)
 
     def input_chars(self) -> int:
         """Characters counted against the profile's limit: system plus every message content."""

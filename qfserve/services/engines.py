@@ -23,14 +23,15 @@ def resolve_model(model: str) -> str:
 class EngineRegistry:
     def __init__(self, factory: EngineFactory):
         self._factory = factory
-        self._loaded: dict[str, tuple[Engine, ChatPrompt]] = {}
+        self._loaded: dict[str, tuple[Engine, ChatPrompt]] = {}  # by resolved file path
+        self._by_model: dict[str, tuple[Engine, ChatPrompt]] = {}  # by the service's model string
         self._lock = asyncio.Lock()
 
     async def get(self, model: str) -> tuple[Engine, ChatPrompt]:
-        path = resolve_model(model)
-        found = self._loaded.get(path)
+        found = self._by_model.get(model)  # the request path: no file-system look-up once loaded
         if found is not None:
             return found
+        path = resolve_model(model)
         async with self._lock:
             if path not in self._loaded:
                 if not os.path.isfile(path):
@@ -40,6 +41,7 @@ class EngineRegistry:
                 engine = self._factory(path)
                 await engine.start()
                 self._loaded[path] = (engine, prompt)
+            self._by_model[model] = self._loaded[path]
             return self._loaded[path]
 
     def engines(self) -> dict[str, Engine]:
@@ -53,3 +55,4 @@ class EngineRegistry:
         for engine, _ in list(self._loaded.values()):
             await engine.close()
         self._loaded.clear()
+        self._by_model.clear()
