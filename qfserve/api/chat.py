@@ -10,7 +10,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.deps import authenticated_app
-from qfserve.api.errors import error_response, json_response
+from qfserve.api.errors import JSON_TYPE, error_response
+from qfserve.protocol import v1
+from qfserve.protocol.chat import parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -20,9 +22,9 @@ SSE_TYPE = "text/event-stream;charset=utf-8"
 CHAT_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{api_path}"
 
 
-def sse_event(payload: dict) -> bytes:
+def sse_event(payload: bytes) -> bytes:
     # Exactly `data: ` and one compact JSON object per event: the SDK rejects any other line.
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + payload + b"\n\n"
 
 
 def _decode_body(raw: bytes):
@@ -41,18 +43,22 @@ async def chat(api_path: str, request: Request) -> Response:
     app = await authenticated_app(request)
     body = _decode_body(await request.body())
     serving = request.app.state.serving
-    prepared = await serving.prepare(app, api_path, body, rid)
-    if prepared.request.stream:
-        return await _stream(request, serving, prepared)
+    service = await serving.service_for(app, api_path)
+    chat_request = parse_chat_request(body)
+    prepared = await serving.prepare(app, service, chat_request, rid)
+    logprobs = prepared.params.logprobs
+    if chat_request.stream:
+        chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)
+        return await _stream(prepared, chunks)
     try:
-        answer = await _unless_disconnected(request, serving.complete(prepared))
+        answer = await _unless_disconnected(
+            request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
         return error_response(error, rid, headers=prepared.headers)
-    return json_response(answer, headers=prepared.headers)
+    return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
 
-async def _stream(request: Request, serving, prepared) -> Response:
-    chunks = serving.stream(prepared)
+async def _stream(prepared, chunks) -> Response:
     try:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
@@ -61,11 +67,11 @@ async def _stream(request: Request, serving, prepared) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            yield sse_event(first)
+            yield sse_event(v1.dump(first))
             async for chunk in chunks:
-                yield sse_event(chunk)
+                yield sse_event(v1.dump(chunk))
         except QianfanError as error:  # after the first chunk, errors travel as a data line
-            yield sse_event(error.body(prepared.request_id))
+            yield sse_event(orjson.dumps(error.body(prepared.request_id)))
         finally:
             await chunks.aclose()
 

@@ -1,8 +1,9 @@
-"""One chat request end to end, between the HTTP layer and the engine (../shared/design.md).
+"""One chat request end to end, between a surface (v1, v2) and the engine (../shared/design.md).
 
 `prepare` does everything that can refuse a request, before any byte of the answer is sent:
-service, permission, validation, input moderation, memory recall, prompt, input limits, rate limits.
-`stream` then yields wire chunks (dicts); a sync answer is the same stream joined by `complete`.
+service, permission, input limits, input moderation, the engine's admission, rate limits, memory
+recall, the prompt. `events` then yields the answer as neutral events (`TextDelta`s, then one
+`ChatEnd`), already through output moderation; each surface renders them in its own wire.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from qfserve import metrics
-from qfserve.chat.sentences import SentenceSplitter
+from qfserve.chat.logprob_gate import LogprobGate
 from qfserve.engine.base import (
     Engine,
     EngineOverloaded,
@@ -25,11 +26,12 @@ from qfserve.engine.base import (
     SamplingParams,
     TokenEvent,
 )
-from qfserve.engine.prompt import ChatPrompt
 from qfserve.limits.base import Limiter, Reservation, limit_key
-from qfserve.protocol.chat import ChatRequest, parse_chat_request
+from qfserve.memory import prompt as memory_prompt
+from qfserve.protocol.chat import ChatRequest
 from qfserve.protocol.errors import Code, QianfanError
-from qfserve.services.adapters import adapter_gguf
+from qfserve.protocol.events import SAFE, ChatEnd, ChatEvent, TextDelta, TokenLogprob, Usage, Verdict
+from qfserve.services.adapters import adapter_gguf, trained_with_default_system
 from qfserve.services.engines import EngineRegistry
 from qfserve.services.profiles import get_profile
 from qfserve.store import apps as app_store
@@ -40,15 +42,13 @@ from qfserve.store.services import Service
 
 log = logging.getLogger(__name__)
 
-_FINISH_REASONS = {"length": "length", "cancelled": "normal", "error": "normal"}
+# The engine's finish reasons in the wire's words; `stop` is refined by whether a stop string matched.
+_FINISH_REASONS = {"length": "length", "cancelled": "normal", "error": "normal", "stop": "normal"}
 
-
-@dataclass(frozen=True)
-class SafetyVerdict:
-    """What the wire reports of moderation: `flag`, `need_clear_history`, `ban_round`."""
-
-    level: int = 0
-    ban_round: int | None = None
+# Level-2 memory extraction runs a second, background generation on the service's model. It is
+# capped, charged to the request's TPM, and queued behind live requests.
+EXTRACTION_MAX_TOKENS = 256
+BACKGROUND_PRIORITY = 1
 
 
 @dataclass
@@ -58,24 +58,28 @@ class PreparedChat:
     app: App
     service: Service
     request: ChatRequest
-    engine: Engine | None
+    engine: Engine | None  # None: blocked at input (flag 3), the model is not called
     prompt_tokens: list[int]
     params: SamplingParams
     reservation: Reservation
     adapter: str | None = None
-    input_verdict: SafetyVerdict = SafetyVerdict()
+    input_verdict: Verdict = SAFE
     started: float = field(default_factory=time.monotonic)
+    extra_tokens: int = 0  # engine tokens spent after the answer (memory extraction), charged to TPM
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Statement": "AI-generated", **self.reservation.budget.headers()}
 
 
-def _sampling_params(request: ChatRequest, max_tokens: int) -> SamplingParams:
+def _sampling_params(request: ChatRequest, service: Service, max_tokens: int) -> SamplingParams:
     min_tokens = min(request.min_output_tokens or 0, max_tokens)
+    defaults = SamplingParams()
     return SamplingParams(
         temperature=request.temperature,
         top_p=request.top_p,
+        top_k=_service_setting(service, "top_k", defaults.top_k),
+        min_p=_service_setting(service, "min_p", defaults.min_p),
         repeat_penalty=request.penalty_score,
         frequency_penalty=request.frequency_penalty,
         presence_penalty=request.presence_penalty,
@@ -87,6 +91,11 @@ def _sampling_params(request: ChatRequest, max_tokens: int) -> SamplingParams:
     )
 
 
+def _service_setting(service: Service, name: str, default):
+    value = getattr(service, name, None)  # per-service sampling defaults, where the service sets them
+    return default if value is None else value
+
+
 class ChatServing:
     def __init__(
         self,
@@ -94,77 +103,100 @@ class ChatServing:
         store: Store,
         engines: EngineRegistry,
         limiter: Limiter,
-        ctx_per_seq: int,
         moderator: Any = None,
         memory: Any = None,
     ):
         self.store = store
         self.engines = engines
         self.limiter = limiter
-        self.ctx_per_seq = ctx_per_seq
         self.moderator = moderator
         self.memory = memory
         self._background: set[asyncio.Task] = set()
 
     # ---- before the answer -------------------------------------------------------------------
 
-    async def prepare(self, app: App, api_path: str, body: Any, request_id: str) -> PreparedChat:
+    async def service_for(self, app: App, api_path: str) -> Service:
+        """The published service at `api_path`, if this app may call it (checked before the body)."""
         service = await asyncio.to_thread(service_store.get_service, self.store, api_path)
         if service is None:
             raise QianfanError(Code.API_NOT_EXIST)
         if not await asyncio.to_thread(app_store.may_call, self.store, app, api_path):
             raise QianfanError(Code.NO_PERMISSION)
-        request = parse_chat_request(body)
+        return service
+
+    async def prepare(self, app: App, service: Service, request: ChatRequest, request_id: str) -> PreparedChat:
+        api_path = service.api_path
         profile = get_profile(service.profile)
         if request.input_chars() > profile.max_input_chars:
             raise QianfanError(Code.INPUT_CHARS_TOO_LONG, f"the max input characters is {profile.max_input_chars}")
+        key = limit_key(api_path, app.id)
 
         verdict = await self._moderate_input(request, service)
-        if verdict.level >= 3:
+        if verdict.input_level >= 3:
             # The model is not called; the request still counts against RPM.
-            reservation = await self.limiter.admit(limit_key(api_path, app.id), service.rpm, service.tpm, 0)
+            reservation = await self.limiter.admit(key, service.rpm, service.tpm, 0)
             return PreparedChat(request_id, int(time.time()), app, service, request, None, [], SamplingParams(),
                                 reservation, input_verdict=verdict)
 
-        system = await self._system_prompt(app, service, request)
-        engine, prompt = await self._engine(service)
-        messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content} for m in request.messages]
-        prompt_ids = await asyncio.to_thread(_render_and_tokenize, prompt, messages, system)
-        if len(prompt_ids) > profile.max_input_tokens or len(prompt_ids) >= self.ctx_per_seq - 1:
-            raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)
-        # The answer may not outgrow the sequence's KV cells: cut it there (is_truncated tells).
-        max_tokens = min(request.max_output_tokens, profile.max_output_tokens, self.ctx_per_seq - len(prompt_ids))
+        # Cheap refusals first: an app over its RPM, or an engine that could not start the request
+        # in time, costs no tokenizing and no memory recall.
+        await self.limiter.check_requests(key, service.rpm)
+        engine = await self._engine(service)
+        try:
+            engine.check_admission()
+        except EngineOverloaded:
+            raise QianfanError(Code.OVERLOADED) from None
+        except EngineUnavailable:
+            raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
+
         adapter = self._adapter_path(service)
-        reservation = await self.limiter.admit(limit_key(api_path, app.id), service.rpm, service.tpm, len(prompt_ids))
+        system = await self._system_prompt(app, service, request)
+        messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content} for m in request.messages]
+        prompt_ids = await engine.chat_tokens(messages, system)
+        context = engine.context_length
+        if len(prompt_ids) > profile.max_input_tokens or len(prompt_ids) >= context - 1:
+            raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)
+        # The answer may not outgrow the sequence: cut it there (is_truncated tells).
+        max_tokens = min(request.max_output_tokens, profile.max_output_tokens, context - len(prompt_ids))
+        reservation = await self.limiter.admit(key, service.rpm, service.tpm, len(prompt_ids))
         return PreparedChat(
             request_id, int(time.time()), app, service, request, engine, prompt_ids,
-            _sampling_params(request, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
+            _sampling_params(request, service, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
         )
 
-    async def _moderate_input(self, request: ChatRequest, service: Service) -> SafetyVerdict:
+    async def _moderate_input(self, request: ChatRequest, service: Service) -> Verdict:
         if self.moderator is None or service.safety == "off":
-            return SafetyVerdict()
+            return SAFE
         check = functools.partial(self.moderator.check_input, [(m.role, m.content) for m in request.messages],
                                   request.system, request.user_setting, policy=service.safety)
         # About 0.07 µs a character: only long inputs are worth a thread hop.
         found = await asyncio.to_thread(check) if request.input_chars() > 20000 else check()
-        return SafetyVerdict(found.level, found.ban_round)
+        return Verdict(found.level, found.ban_round)
 
     async def _system_prompt(self, app: App, service: Service, request: ChatRequest) -> str | None:
-        if self.memory is None or not request.enable_user_memory or not request.user_id:
+        """The caller's `system`, then a delimited block with `user_setting` (whenever given) and
+        what is remembered about the user (with `enable_user_memory`)."""
+        recalled = []
+        if self.memory is not None and request.enable_user_memory and request.user_id:
+            recalled = await self.memory.recall(app.id, service.api_path, request.user_id,
+                                                request.messages[-1].content, request.user_memory_level)
+        if not recalled and not request.user_setting:
+            if request.system is None and service.adapter and not trained_with_default_system(service.adapter):
+                return ""  # an empty system turn: the template's default persona is not the adapter's
             return request.system
-        recalled = await self.memory.recall(app.id, service.api_path, request.user_id,
-                                            request.messages[-1].content, request.user_memory_level)
-        block = self.memory.prompt_block(recalled, request.user_setting)
+        # The setting is the caller's own input (already within the input limits): it is never cut;
+        # remembered facts get the memory block's budget.
+        budget = (self.memory.max_block_chars if self.memory is not None else 0) + len(request.user_setting or "") + 64
+        block = memory_prompt.render(recalled, request.user_setting, budget)
         if not block:
             return request.system
         return f"{request.system}\n\n{block}" if request.system else block
 
-    async def _engine(self, service: Service) -> tuple[Engine, ChatPrompt]:
+    async def _engine(self, service: Service) -> Engine:
         try:
             return await self.engines.get(service.model)
-        except FileNotFoundError as exc:
-            log.error("service %s: %s", service.api_path, exc)
+        except (FileNotFoundError, ValueError, EngineUnavailable) as exc:
+            log.error("service %s: model unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
     def _adapter_path(self, service: Service) -> str | None:
@@ -178,73 +210,35 @@ class ChatServing:
 
     # ---- the answer --------------------------------------------------------------------------
 
-    def _chunk(self, prepared: PreparedChat, sentence_id: int, text: str, *, is_end: bool,
-               is_truncated: bool, completion_tokens: int, verdict: SafetyVerdict,
-               finish_reason: str | None = None, logprobs: list | None = None) -> dict:
-        prompt_tokens = len(prepared.prompt_tokens)
-        chunk = {
-            "id": prepared.request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "sentence_id": sentence_id,
-            "is_end": is_end,
-            "is_truncated": is_truncated,
-            "result": text,
-            "need_clear_history": verdict.level >= 2,
-        }
-        if verdict.level > 0:
-            chunk["flag"] = verdict.level
-        if verdict.level >= 2 and verdict.ban_round is not None:
-            chunk["ban_round"] = verdict.ban_round
-        if finish_reason is not None:
-            chunk["finish_reason"] = finish_reason
-        if logprobs is not None:
-            chunk["logprobs"] = {"content": logprobs}
-        chunk["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        return chunk
-
-    async def stream(self, prepared: PreparedChat) -> AsyncIterator[dict]:
-        """Wire chunks: clause-sized pieces with running usage, then one `is_end` chunk."""
+    async def events(self, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
+        """The answer: text as it passes output moderation, with running usage and verdict, then
+        one ChatEnd. Engine failures raise QianfanError (before or between deltas)."""
         verdict = prepared.input_verdict
+        prompt_tokens = len(prepared.prompt_tokens)
         if prepared.engine is None:  # blocked at input (flag 3)
             metrics.REQUESTS.labels(prepared.service.api_path, "content_filter").inc()
-            yield self._chunk(prepared, 0, "", is_end=True, is_truncated=False, completion_tokens=0,
-                              verdict=verdict, finish_reason="content_filter")
+            yield ChatEnd("content_filter", Usage(prompt_tokens, 0), verdict)
+            self._spawn(prepared.reservation.settle(0))
             return
 
         service = prepared.service.api_path
-        splitter = SentenceSplitter()
         output_filter = None
         if self.moderator is not None and prepared.service.safety != "off":
             output_filter = self.moderator.output_filter(policy=prepared.service.safety)
-        want_logprobs = prepared.params.logprobs
-        pending_logprobs: list[dict] = []
+        gate = LogprobGate(output_filter) if prepared.params.logprobs else None
         completion_tokens = 0
-        sentence_id = 0
         answer: list[str] = []
         finish: FinishEvent | None = None
-        finish_reason = "normal"
+        finish_reason = None  # set by moderation; otherwise from the engine's finish
         first_token_at = last_token_at = None
         # Labelled children once per request: `.labels()` per token is a locked dict lookup.
         ttft_metric, itl_metric = metrics.TTFT.labels(service), metrics.ITL.labels(service)
         events = _engine_events(prepared.engine, GenerateRequest(
             prepared.request_id, prepared.prompt_tokens, prepared.params, adapter=prepared.adapter, service=service))
-        def pieces(text: str, *, final: bool = False) -> list[dict]:
-            nonlocal sentence_id
-            parts = splitter.feed(text)
-            if final and (rest := splitter.flush()):
-                parts.append(rest)
-            chunks = []
-            for part in parts:
-                chunks.append(self._chunk(prepared, sentence_id, part, is_end=False, is_truncated=False,
-                                          completion_tokens=completion_tokens, verdict=verdict,
-                                          logprobs=_take(pending_logprobs) if want_logprobs else None))
-                sentence_id += 1
-            return chunks
+
+        def delta(text: str) -> TextDelta:
+            logprobs = gate.release(text) if gate is not None else ()
+            return TextDelta(text, Usage(prompt_tokens, completion_tokens), verdict, logprobs)
 
         try:
             async for event in events:
@@ -257,117 +251,108 @@ class ChatServing:
                         itl_metric.observe(now - last_token_at)
                     last_token_at = now
                     completion_tokens += 1
-                    if want_logprobs:
-                        pending_logprobs.append(_logprob_entry(event))
+                    if gate is not None:
+                        gate.token(_logprob_entry(event), event.text)
                 else:
                     finish = event
+                    if gate is not None:
+                        gate.engine_text(event.text)
                 text = event.text
                 if output_filter is not None and text:
                     # The filter passes only text that is safe to show (masked at level 1).
                     text, stop_verdict = output_filter.feed(text)
-                    if output_filter.verdict.level == 1 and verdict.level == 0:
-                        verdict = SafetyVerdict(1)  # a masked term: the chunks from here on carry flag 1
+                    verdict = verdict.with_output(output_filter.verdict.level)
                     if stop_verdict is not None:
-                        answer.append(text)
-                        for chunk in pieces(text, final=True):
-                            yield chunk
-                        verdict = _max_verdict(verdict, SafetyVerdict(stop_verdict.level, stop_verdict.ban_round))
                         finish_reason = "content_filter"
+                        answer.append(text)
+                        yield delta(text)
                         break  # closing the engine's events stops the generation
-                answer.append(text)
-                for chunk in pieces(text):
-                    yield chunk
+                if text:
+                    answer.append(text)
+                    yield delta(text)
                 if finish is not None:
                     break
             if finish is not None and finish.reason == "error":
                 log.error("engine error on %s: %s", prepared.request_id, finish.error)
                 # A dead worker is the retryable "backend down"; anything else is an internal error.
                 raise QianfanError(Code.INTERNAL if prepared.engine.ready else Code.SERVICE_UNAVAILABLE)
-            if finish_reason != "content_filter":
-                rest = ""
-                if output_filter is not None:
-                    rest, end_verdict = output_filter.finish()
-                    verdict = _max_verdict(verdict, SafetyVerdict(end_verdict.level, end_verdict.ban_round))
-                    if end_verdict.level >= 2:
-                        finish_reason = "content_filter"
-                answer.append(rest)
-                for chunk in pieces(rest, final=True):
-                    yield chunk
+            if finish_reason is None and output_filter is not None:
+                rest, end_verdict = output_filter.finish()
+                verdict = verdict.with_output(end_verdict.level)
+                if end_verdict.level >= 2:
+                    finish_reason = "content_filter"
+                if rest or gate is not None:
+                    answer.append(rest)
+                    yield delta(rest)
             if finish is not None:
                 completion_tokens = finish.completion_tokens
                 metrics.QUEUE_TIME.labels(service).observe(finish.queue_seconds)
-                if finish_reason != "content_filter":
+                if finish_reason is None:
                     finish_reason = "stop" if finish.matched_stop else _FINISH_REASONS.get(finish.reason, "normal")
+            finish_reason = finish_reason or "normal"
             truncated = finish is not None and finish.reason == "length"
-            yield self._chunk(prepared, sentence_id, "", is_end=True, is_truncated=truncated,
-                              completion_tokens=completion_tokens, verdict=verdict, finish_reason=finish_reason,
-                              logprobs=_take(pending_logprobs) if want_logprobs else None)
+            yield ChatEnd(finish_reason, Usage(prompt_tokens, completion_tokens), verdict, truncated)
             metrics.REQUESTS.labels(service, finish_reason).inc()
-            self._after_answer(prepared, "".join(answer), verdict)
+            completed = True
+        except BaseException:
+            completed = False
+            raise
         finally:
             await events.aclose()
-            metrics.PROMPT_TOKENS.labels(service).inc(len(prepared.prompt_tokens))
+            metrics.PROMPT_TOKENS.labels(service).inc(prompt_tokens)
             metrics.GENERATED_TOKENS.labels(service).inc(completion_tokens)
             metrics.E2E.labels(service).observe(time.monotonic() - prepared.started)
-            # Tokens of a cancelled answer still count against TPM.
-            self._spawn(prepared.reservation.settle(len(prepared.prompt_tokens) + completion_tokens))
-
-    async def complete(self, prepared: PreparedChat) -> dict:
-        """The sync answer: the stream joined into one body."""
-        parts: list[str] = []
-        logprobs: list[dict] = []
-        last: dict = {}
-        async for chunk in self.stream(prepared):
-            parts.append(chunk["result"])
-            logprobs.extend(chunk.get("logprobs", {}).get("content", []))
-            last = chunk
-        must_hide = last.get("flag", 0) >= 3  # flag 3: the content must not be shown at all
-        body = {
-            "id": prepared.request_id,
-            "object": "chat.completion",
-            "created": prepared.created,
-            "result": "" if must_hide else "".join(parts),
-            "is_truncated": last["is_truncated"],
-            "need_clear_history": last["need_clear_history"],
-        }
-        for key in ("flag", "ban_round"):
-            if key in last:
-                body[key] = last[key]
-        body["finish_reason"] = last.get("finish_reason", "normal")
-        if prepared.params.logprobs:
-            body["logprobs"] = {"content": logprobs}
-        body["usage"] = last["usage"]
-        return body
+            # Tokens of a cancelled answer still count against TPM; so do memory extraction's.
+            self._spawn(self._after_answer(prepared, "".join(answer) if completed else "", verdict,
+                                           prompt_tokens + completion_tokens))
 
     # ---- after the answer --------------------------------------------------------------------
 
-    def _after_answer(self, prepared: PreparedChat, answer: str, verdict: SafetyVerdict) -> None:
+    async def _after_answer(self, prepared: PreparedChat, answer: str, verdict: Verdict, tokens: int) -> None:
+        """Settle the request's tokens with TPM, remember what the user said (if asked), and add
+        what remembering cost the engine to the same request's tokens."""
+        await prepared.reservation.settle(tokens)
+        try:
+            await self._remember(prepared, answer, verdict)
+        finally:
+            if prepared.extra_tokens:
+                await prepared.reservation.settle(tokens + prepared.extra_tokens)
+
+    async def _remember(self, prepared: PreparedChat, answer: str, verdict: Verdict) -> None:
         request = prepared.request
         if (self.memory is None or not request.enable_user_memory or not request.user_id
-                or request.user_memory_extract_level <= 0):
+                or request.user_memory_extract_level <= 0 or not answer):
             return
-        generate = None
-        if request.user_memory_extract_level >= 2:
-            generate = self._generator_for(prepared)
-        self._spawn(self.memory.extract(
+        generate = self._generator_for(prepared) if request.user_memory_extract_level >= 2 else None
+        await self.memory.extract(
             app_id=prepared.app.id, api_path=prepared.service.api_path, user_id=request.user_id,
             request_id=prepared.request_id, messages=[(m.role, m.content) for m in request.messages],
-            answer=answer, level=request.user_memory_extract_level, safety_level=verdict.level,
+            answer=answer, level=request.user_memory_extract_level, safety_level=verdict.flag,
             generate=generate,
-        ))
+        )
 
     def _generator_for(self, prepared: PreparedChat):
-        """An async `messages -> text` callable on the service's own model, for level-2 extraction."""
+        """An async `messages -> text` callable on the service's own model, for level-2 extraction:
+        capped at EXTRACTION_MAX_TOKENS, queued behind live requests, its tokens charged to the request."""
         engine = prepared.engine
 
         async def generate(messages: list[dict]) -> str:
-            _, prompt = await self.engines.get(prepared.service.model)
-            ids = await asyncio.to_thread(_render_and_tokenize, prompt, messages, None)
-            params = SamplingParams(temperature=0.1, top_p=0.5, max_tokens=256, frequency_penalty=0.0)
+            ids = await engine.chat_tokens(messages, None)
+            max_tokens = min(EXTRACTION_MAX_TOKENS, engine.context_length - len(ids))
+            if max_tokens < 1:
+                return ""
+            params = SamplingParams(temperature=0.1, top_p=0.5, max_tokens=max_tokens, frequency_penalty=0.0)
             parts = []
-            async for event in engine.generate(GenerateRequest(prepared.request_id + "-mem", ids, params,
-                                                               adapter=prepared.adapter)):
-                parts.append(event.text)
+            generated = 0
+            try:
+                async for event in engine.generate(GenerateRequest(
+                        prepared.request_id + "-mem", ids, params, adapter=prepared.adapter,
+                        service=prepared.service.api_path, priority=BACKGROUND_PRIORITY)):
+                    parts.append(event.text)
+                    if isinstance(event, TokenEvent):
+                        generated += 1
+            finally:
+                prepared.extra_tokens += len(ids) + generated
             return "".join(parts)
 
         return generate
@@ -404,26 +389,9 @@ async def _engine_events(engine: Engine, request: GenerateRequest) -> AsyncItera
             await events.aclose()  # cancels the sequence if the consumer stopped early
 
 
-def _render_and_tokenize(prompt: ChatPrompt, messages: list[dict], system: str | None) -> list[int]:
-    return prompt.tokenize(prompt.render(messages, system))
-
-
-def _logprob_entry(event: TokenEvent) -> dict:
-    return {
-        "token": event.token_text,
-        "logprob": event.logprob,
-        "top_logprobs": [{"token": t.token, "logprob": t.logprob} for t in event.top_logprobs],
-    }
-
-
-def _take(items: list) -> list:
-    taken = list(items)
-    items.clear()
-    return taken
-
-
-def _max_verdict(a: SafetyVerdict, b: SafetyVerdict) -> SafetyVerdict:
-    return a if a.level >= b.level else b
+def _logprob_entry(event: TokenEvent) -> TokenLogprob:
+    return TokenLogprob(event.token_text, event.logprob,
+                        tuple((t.token, t.logprob) for t in event.top_logprobs))
 
 
 __all__ = ["ChatServing", "PreparedChat", "EngineOverloaded", "EngineUnavailable"]

@@ -2,7 +2,10 @@
 
 Implementations: `qfserve.engine.llamacpp` (embedded, a worker process per base model) and
 `qfserve.engine.openai_compat` (a remote OpenAI-compatible server such as vLLM).
-The HTTP layer never touches llama.cpp; it renders prompts with `ChatTemplate` and talks to an Engine.
+Nothing above this interface assumes llama.cpp: each engine answers how it turns a conversation
+into tokens (its own chat template and tokenizer), how many tokens a sequence may hold, and
+whether it can take a request now. The tokens counted are the tokens run: serving counts the ids
+`chat_tokens` returns and hands exactly those to `generate`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class SamplingParams:
     max_tokens: int = 1024
     min_tokens: int = 0  # end-of-generation is suppressed until this many tokens exist
     stop: tuple[str, ...] = ()  # text never includes a stop string; a partial match is held back
+    min_p: float = 0.05  # llama-server's default
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
@@ -38,8 +42,9 @@ class GenerateRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
-    adapter: str | None = None  # path of a LoRA adapter (GGUF for llama.cpp); None is the base model
+    adapter: str | None = None  # what the engine's `adapter_ref` returned; None is the base model
     service: str = ""  # for metrics labels only
+    priority: int = 0  # 0 live requests; higher numbers (background work) wait until none is waiting
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,23 @@ class Engine(abc.ABC):
     @property
     @abc.abstractmethod
     def ready(self) -> bool: ...
+
+    # -- what the engine answers about itself --------------------------------------------------
+
+    @abc.abstractmethod
+    async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+        """The conversation as the model runs it: its chat template applied once, ending where the
+        answer starts, tokenized. `system=None` leaves the system turn to the template.
+        Caller text is never parsed as control tokens."""
+
+    @property
+    @abc.abstractmethod
+    def context_length(self) -> int:
+        """Most tokens one sequence may hold, prompt and answer together."""
+
+    def check_admission(self) -> None:
+        """Raise EngineOverloaded when a request arriving now could not start in reasonable time.
+        Called before any per-request work (tokenizing, memory recall), so a flood is refused cheaply."""
 
     def stats(self) -> dict:
         """Running and waiting sequences, for /readyz and /metrics."""

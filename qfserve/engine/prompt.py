@@ -123,6 +123,10 @@ class ChatPrompt:
         add_bos = self.add_bos and not (self.bos_token and text.startswith(self.bos_token))
         return self._llama.tokenize(data, add_bos=add_bos, special=True)
 
+    def chat_tokens(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
+        """The conversation as the model runs it: rendered with the template, then tokenized."""
+        return self.tokenize(self.render(messages, system))
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 

@@ -35,7 +35,9 @@ class Reservation(abc.ABC):
 
     @abc.abstractmethod
     async def settle(self, total_tokens: int) -> Budget:
-        """Replace the admission-time token estimate with the real prompt+completion count."""
+        """Replace the tokens counted for this request (first the admission-time prompt) with
+        `total_tokens`. May be called again with a larger total (work done after the answer)
+        while the request is still in the window; after that it changes nothing."""
 
 
 class Limiter(abc.ABC):
@@ -46,6 +48,10 @@ class Limiter(abc.ABC):
         Raises QianfanError 336501 (RPM) or 336502 (TPM) when the window is spent; a refused request
         consumes nothing.
         """
+
+    async def check_requests(self, key: str, rpm: int) -> None:
+        """Raise QianfanError 336501 if `key`'s window is already full. Counts nothing: a cheap
+        early refusal, made before a request costs any work; `admit` still decides atomically."""
 
     async def close(self) -> None:
         return None

@@ -71,6 +71,10 @@ class LocalLimiter(Limiter):
         window = self._window(key)
         return Budget(rpm, tpm, rpm - len(window.entries), tpm - window.tokens)
 
+    async def check_requests(self, key: str, rpm: int) -> None:
+        if len(self._window(key).entries) >= rpm:
+            raise QianfanError(Code.RATE_LIMIT_RPM)
+
     async def admit(self, key: str, rpm: int, tpm: int, prompt_tokens: int) -> Reservation:
         window = self._window(key)
         if len(window.entries) >= rpm:

@@ -67,6 +67,12 @@ return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0'
 """
 
 
+# ARGV: window ms. Returns the requests in the window.
+_COUNT = _PRUNE + """
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 def _unavailable(exc: RedisError) -> QianfanError:
     # Failing closed with a retryable code: the SDK backs off and retries while Redis recovers.
     log.warning("rate limiter: redis unavailable: %s", exc)
@@ -97,10 +103,19 @@ class RedisLimiter(Limiter):
         self._prefix = prefix
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
+        self._count = self._client.register_script(_COUNT)
 
     def _keys(self, key: str) -> list[str]:
         base = f"{self._prefix}:{{{key}}}"
         return [f"{base}:req", f"{base}:tok", f"{base}:sum"]
+
+    async def check_requests(self, key: str, rpm: int) -> None:
+        try:
+            count = await self._count(keys=self._keys(key), args=[self._window_ms])
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if int(count) >= rpm:
+            raise QianfanError(Code.RATE_LIMIT_RPM)
 
     async def admit(self, key: str, rpm: int, tpm: int, prompt_tokens: int) -> Reservation:
         keys = self._keys(key)

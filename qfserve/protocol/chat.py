@@ -124,7 +124,9 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str):
             raise _invalid_type(f"messages[{index}].role")
-        if content is not None and not isinstance(content, str):
+        if content is None:  # a required field missing: the table's code for that, as for `messages`
+            raise QianfanError(Code.INVALID_ARGUMENT)
+        if not isinstance(content, str):
             raise _invalid_type(f"messages[{index}].content")
         if not content:
             raise out_of_range("message content can not be empty")

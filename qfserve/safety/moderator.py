@@ -325,6 +325,16 @@ class OutputFilter:
     def stopped(self) -> bool:
         return self._stop is not None
 
+    def hides(self, context: str, candidate: str) -> bool:
+        """Whether `candidate`, shown right after `context`, would be masked or stopped: some deny
+        hit overlaps it. For text that was never streamed, such as a logprob's alternative token.
+        Counts and logs nothing."""
+        if self._m is None or not candidate:
+            return False
+        text = context + candidate
+        hits, _ = _scan(self._m, text, text.translate(self._m.table), True, self._floor, self._boundaries)
+        return any(h.oe > len(context) for h in hits)
+
     def feed(self, text: str) -> tuple[str, Verdict | None]:
         if self._m is None:
             return text, None

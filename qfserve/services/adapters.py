@@ -42,7 +42,24 @@ def _gguf_for(folder: str, manifest_mtime_ns: int) -> str:
     return adapter_gguf_path(folder)
 
 
+@functools.lru_cache(maxsize=256)
+def _default_system_for(folder: str, manifest_mtime_ns: int) -> bool:
+    # Manifests from before the field existed: their trainer always let the template fill a
+    # missing system turn, so keep doing what they were served with.
+    return bool(load_manifest(folder).get("prompt", {}).get("default_system", True))
+
+
+def _manifest_mtime(folder: str) -> int:
+    return os.stat(Path(folder) / "manifest.json").st_mtime_ns
+
+
 def adapter_gguf(folder: str) -> str:
     """The adapter's llama.cpp GGUF path; the manifest is re-read only when it changes."""
-    mtime = os.stat(Path(folder) / "manifest.json").st_mtime_ns
-    return _gguf_for(folder, mtime)
+    return _gguf_for(folder, _manifest_mtime(folder))
+
+
+def trained_with_default_system(folder: str) -> bool:
+    """Whether the adapter learned the base template's own stand-in for a missing `system` turn
+    (some of its training conversations had none). If not, a request without `system` must not get
+    the base model's default persona either."""
+    return _default_system_for(folder, _manifest_mtime(folder))

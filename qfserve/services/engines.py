@@ -1,4 +1,4 @@
-"""Loaded base models: one engine (and one prompt builder) per base model, shared by every service on it."""
+"""Loaded base models: one engine per base model, shared by every service on it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from typing import Callable
 
 from qfserve.engine.base import Engine
-from qfserve.engine.prompt import ChatPrompt, default_model_path
+from qfserve.engine.prompt import default_model_path
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,11 @@ def resolve_model(model: str) -> str:
 class EngineRegistry:
     def __init__(self, factory: EngineFactory):
         self._factory = factory
-        self._loaded: dict[str, tuple[Engine, ChatPrompt]] = {}  # by resolved file path
-        self._by_model: dict[str, tuple[Engine, ChatPrompt]] = {}  # by the service's model string
+        self._loaded: dict[str, Engine] = {}  # by resolved file path
+        self._by_model: dict[str, Engine] = {}  # by the service's model string
         self._lock = asyncio.Lock()
 
-    async def get(self, model: str) -> tuple[Engine, ChatPrompt]:
+    async def get(self, model: str) -> Engine:
         found = self._by_model.get(model)  # the request path: no file-system look-up once loaded
         if found is not None:
             return found
@@ -37,22 +37,21 @@ class EngineRegistry:
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"model file not found: {path}")
                 log.info("loading base model %s", path)
-                prompt = await asyncio.to_thread(ChatPrompt, path)
                 engine = self._factory(path)
                 await engine.start()
-                self._loaded[path] = (engine, prompt)
+                self._loaded[path] = engine
             self._by_model[model] = self._loaded[path]
             return self._loaded[path]
 
     def engines(self) -> dict[str, Engine]:
-        return {path: engine for path, (engine, _) in self._loaded.items()}
+        return dict(self._loaded)
 
     @property
     def ready(self) -> bool:
-        return bool(self._loaded) and all(engine.ready for engine, _ in self._loaded.values())
+        return bool(self._loaded) and all(engine.ready for engine in self._loaded.values())
 
     async def close(self) -> None:
-        for engine, _ in list(self._loaded.values()):
+        for engine in list(self._loaded.values()):
             await engine.close()
         self._loaded.clear()
         self._by_model.clear()

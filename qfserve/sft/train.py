@@ -196,6 +196,10 @@ def train(
             "truncated": n_truncated,
             "dropped": n_dropped,
         },
+        # Conversations without a `system` were rendered with whatever the base template puts in
+        # its place (SmolLM2's default persona): the server renders a caller's system-less request
+        # the same way only when the adapter learned it so (qfserve.services.adapters).
+        "prompt": {"default_system": any(c.system is None for c in conversations)},
         "hyperparameters": asdict(config),
         "result": {
             "steps": len(losses),

@@ -14,14 +14,15 @@ from fastapi.testclient import TestClient
 
 from qfserve.api.app import create_app
 from qfserve.config import load_settings
-from qfserve.engine.base import Engine, EngineOverloaded, EngineUnavailable, FinishEvent, TokenEvent
+from qfserve.engine.base import EngineOverloaded, EngineUnavailable, FinishEvent, TokenEvent
 from qfserve.store import apps, services, tokens
+from scripted import ScriptedEngineBase
 from qfserve.store.db import Store
 
 SCRIPT = ["你好", "，", "世界", "。", "Hello", " there", ".", " Bye"]
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(ScriptedEngineBase):
     """Emits SCRIPT one piece per token; `mode` forces a refusal or a mid-stream failure."""
 
     mode = "ok"

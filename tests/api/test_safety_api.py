@@ -14,39 +14,34 @@ from fastapi.testclient import TestClient
 
 from qfserve.api.app import create_app
 from qfserve.config import load_settings
-from qfserve.engine.base import Engine, FinishEvent, TokenEvent
+from qfserve.engine.base import FinishEvent, TokenEvent, TopLogprob
 from qfserve.store import apps, services, tokens
+from scripted import ScriptedEngineBase
 from qfserve.store.db import Store
 
 LEXICON = "badword\tdemo_latin\t1\nfoobar\tdemo_latin\t2\n违禁词甲\tdemo_ban\t3\n色情\tsexual\t2\n"
 
 
-class ScriptedEngine(Engine):
-    script: list[str] = []
+class ScriptedEngine(ScriptedEngineBase):
+    """Emits `script`, a token per item: a piece, or (the token's own text, the text its event releases)
+    to mimic text the engine holds back. Every token offers `alternatives` in its top_logprobs."""
+
+    script: list = []
+    alternatives: list[str] = []
+    stop_after: str | None = None  # end as if this stop string had matched
     calls = 0
-
-    def __init__(self, path: str):
-        self._ready = False
-
-    async def start(self):
-        self._ready = True
-
-    async def close(self):
-        self._ready = False
-
-    @property
-    def ready(self):
-        return self._ready
 
     def generate(self, request):
         ScriptedEngine.calls += 1
         return self._run(request)
 
     async def _run(self, request):
-        for n, piece in enumerate(self.script, 1):
+        for n, item in enumerate(self.script, 1):
             await asyncio.sleep(0)
-            yield TokenEvent(token_id=n, text=piece)
-        yield FinishEvent("stop", len(request.prompt_tokens), len(self.script))
+            piece, text = item if isinstance(item, tuple) else (item, item)
+            top = tuple(TopLogprob(t, -1.0 - i) for i, t in enumerate([piece, *self.alternatives]))
+            yield TokenEvent(token_id=n, text=text, logprob=-1.0, top_logprobs=top, token_text=piece)
+        yield FinishEvent("stop", len(request.prompt_tokens), len(self.script), matched_stop=self.stop_after)
 
 
 @pytest.fixture
@@ -62,6 +57,7 @@ def client(tmp_path):
     settings = load_settings(data_dir=tmp_path, safety_lexicon=[tmp_path / "deny.tsv"],
                              safety_allow=tmp_path / "allow.txt")
     ScriptedEngine.script, ScriptedEngine.calls = ["Fine", "."], 0
+    ScriptedEngine.alternatives, ScriptedEngine.stop_after = [], None
     with TestClient(create_app(settings, engine_factory=ScriptedEngine)) as test_client:
         test_client.url = lambda path="guarded": f"/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{path}?access_token={token}"
         yield test_client
@@ -137,10 +133,64 @@ def test_output_level_2_split_across_chunks_stops_and_is_never_sent(client):
     assert "foo" not in joined and "Never" not in joined and joined.startswith("Safe start.")
     last = chunks[-1]
     assert last["is_end"] is True and last["finish_reason"] == "content_filter"
-    assert last["flag"] == 2 and last["need_clear_history"] is True
+    # need_clear_history and ban_round describe the user's input; the hit was in the model's output.
+    assert last["flag"] == 2 and last["need_clear_history"] is False and "ban_round" not in last
 
 
 def test_output_level_3_sync_result_is_blank(client):
     ScriptedEngine.script = ["Okay. ", "违禁", "词甲", "!"]
     body = client.post(client.url(), json=ask("hi")).json()
     assert body["result"] == "" and body["flag"] == 3 and body["finish_reason"] == "content_filter"
+
+
+# ---- logprobs never show what moderation hid (issue 10 §1) ------------------------------------
+
+def with_logprobs(body, top=3):
+    return {**body, "logprobs": True, "top_logprobs": top}
+
+
+def streamed_logprobs(chunks):
+    return [entry for c in chunks for entry in c.get("logprobs", {}).get("content", [])]
+
+
+def test_logprobs_of_a_masked_term_are_masked_sync_and_stream(client):
+    ScriptedEngine.script = ["This is a bad", "word", ". More", " text."]
+    for entries in (client.post(client.url(), json=with_logprobs(ask("hi"))).json()["logprobs"]["content"],
+                    streamed_logprobs(stream(client, with_logprobs(ask("hi"))))):
+        assert "badword" not in str(entries) and "bad" not in str(entries) and "word" not in str(entries)
+        assert [e["token"] for e in entries] == ["This is a ***", "****", ". More", " text."]
+        # The alternatives at a masked position would reveal the term: masked too.
+        assert entries[1]["top_logprobs"][0]["token"] == "****"
+
+
+def test_no_logprobs_past_an_output_stop(client):
+    ScriptedEngine.script = ["Safe start. ", "Then ", "fo", "o", "bar and more.", " Never sent."]
+    for entries in (client.post(client.url(), json=with_logprobs(ask("hi"))).json()["logprobs"]["content"],
+                    streamed_logprobs(stream(client, with_logprobs(ask("hi"))))):
+        assert [e["token"] for e in entries] == ["Safe start. ", "Then "]
+
+
+def test_flag_3_sync_answer_has_no_logprobs(client):
+    ScriptedEngine.script = ["Okay. ", "违禁", "词甲", "!"]
+    body = client.post(client.url(), json=with_logprobs(ask("hi"))).json()
+    assert body["flag"] == 3 and body["result"] == "" and "logprobs" not in body
+
+
+def test_an_alternative_holding_a_deny_term_is_masked(client):
+    ScriptedEngine.script = ["Then ", "foo", " and ", "more."]
+    ScriptedEngine.alternatives = [" badword", "bar", "fine"]
+    entries = client.post(client.url(), json=with_logprobs(ask("hi"), top=4)).json()["logprobs"]["content"]
+    alts = [[t["token"] for t in e["top_logprobs"]] for e in entries]
+    assert all(a[1] == "********" and a[3] == "fine" for a in alts)  # " badword" masked everywhere
+    # "bar" right after "foo" would spell the level-2 term: masked there, and only there.
+    assert alts[1][2] == "bar" and alts[2][2] == "***" and alts[0][2] == alts[3][2] == "bar"
+
+
+def test_no_logprobs_for_the_tokens_of_a_stop_string(client):
+    # The engine holds back "EN" (it could start the stop string "END"), then matches it: those
+    # tokens' text never reaches the answer, and neither do their logprobs.
+    ScriptedEngine.script = ["Hello", (" E", " "), ("ND", "")]
+    ScriptedEngine.stop_after = "END"
+    body = client.post(client.url("open"), json=with_logprobs(ask("hi"))).json()
+    assert body["result"] == "Hello " and body["finish_reason"] == "stop"
+    assert [e["token"] for e in body["logprobs"]["content"]] == ["Hello", " E"]

@@ -209,6 +209,16 @@ def test_336003_empty_content(server, token, messages):
     chat_error(server, token, {"messages": messages, **SHORT}, 336003, "message content can not be empty")
 
 
+@pytest.mark.parametrize("messages", [
+    [{"role": "user"}],
+    [{"role": "user", "content": None}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant"}, {"role": "user", "content": "ok"}],
+])
+def test_336001_missing_content(server, token, messages):
+    # A required field missing is the table's 336001, as for a missing `messages` (empty is 336003).
+    chat_error(server, token, {"messages": messages, **SHORT}, 336001, "Invalid Argument")
+
+
 def test_stream_error_before_first_chunk_is_a_json_body(server, token):
     response = post_chat(server, token, {"messages": HELLO, "stream": True, "temperature": 0, **SHORT})
     assert_error(response, 336003)

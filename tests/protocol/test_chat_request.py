@@ -85,6 +85,7 @@ def test_message_structure():
     user, bot = {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
     assert error_of({"messages": []}).message == "messages can not be empty"
     assert error_of({"messages": [{"role": "user", "content": ""}]}).message == "message content can not be empty"
+    assert error_of({"messages": [{"role": "user"}]}).code == Code.INVALID_ARGUMENT
     error = error_of({"messages": [user, bot]})
     assert (error.code, error.message) == (Code.MESSAGES_STRUCTURE, "the length of messages must be an odd number")
     error = error_of({"messages": [user, user, user]})

@@ -6,6 +6,7 @@ The module fixture trains once (~1–3 minutes on 2 busy cores); the tests share
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -126,6 +127,15 @@ def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_pat
     creds = cli_json(tmp_path, "app", "create", "ft")
     cli_json(tmp_path, "service", "publish", "persona", "--model", "default", "--adapter", str(persona_adapter))
     cli_json(tmp_path, "service", "publish", "plain", "--model", "default")
+    # The persona data has no `system`: the adapter learned SmolLM2's default persona in its place.
+    assert manifest.load_manifest(persona_adapter)["prompt"] == {"default_system": True}
+    # The same adapter, as if every training conversation had carried its own system turn.
+    own_system = tmp_path / "own-system"
+    shutil.copytree(persona_adapter, own_system)
+    recorded = json.loads((own_system / manifest.MANIFEST_NAME).read_text())
+    recorded["prompt"]["default_system"] = False
+    (own_system / manifest.MANIFEST_NAME).write_text(json.dumps(recorded))
+    cli_json(tmp_path, "service", "publish", "ownsys", "--model", "default", "--adapter", str(own_system))
     listing = cli_json(tmp_path, "service", "list")
     assert {s["api_path"]: s["adapter"] for s in listing}["persona"] == str(persona_adapter.resolve())
     server = start_server(tmp_path, "--threads", "1")
@@ -133,15 +143,24 @@ def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_pat
         server.creds = creds
         token = server.token()
 
-        def ask(api_path: str) -> str:
+        def answer(api_path: str, **extra) -> dict:
             body = {"messages": [{"role": "user", "content": "你是谁"}], "temperature": 0.01, "top_p": 0.1,
-                    "max_output_tokens": 24}
-            answer = requests.post(server.chat_url(api_path), params={"access_token": token}, json=body,
-                                   timeout=300).json()
-            return answer["result"]
+                    "max_output_tokens": 24, **extra}
+            return requests.post(server.chat_url(api_path), params={"access_token": token}, json=body,
+                                 timeout=300).json()
+
+        def ask(api_path: str) -> str:
+            return answer(api_path)["result"]
 
         assert "小岚" in ask("persona")
         assert "小岚" not in ask("plain")
+        # Without `system`, the adapter that never learned the template's default persona gets an
+        # empty system turn instead of it; the one that learned it gets it, as the base does.
+        prompt_tokens = {path: answer(path, max_output_tokens=2)["usage"]["prompt_tokens"]
+                         for path in ("persona", "plain", "ownsys")}
+        assert prompt_tokens["persona"] == prompt_tokens["plain"] > prompt_tokens["ownsys"]
+        empty_system = answer("persona", system="", max_output_tokens=2)["usage"]["prompt_tokens"]
+        assert prompt_tokens["ownsys"] == empty_system
         # Both services run on one loaded base model: one engine worker, not two.
         assert len(requests.get(f"{server.base_url}/readyz", timeout=10).json()["models"]) == 1
     finally:

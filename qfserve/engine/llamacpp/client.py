@@ -109,6 +109,7 @@ class LlamaCppEngine(Engine):
             queue_size=queue_size,
         )
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.prompt = None  # the model's chat template and vocabulary (ChatPrompt), loaded by start()
         self.load_progress = 0.0
         self.worker_info: dict = {}  # n_ctx_seq, n_vocab, threads: sent by the worker when ready
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -131,7 +132,10 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         from qfserve.engine.llamacpp.worker import run_worker
+        from qfserve.engine.prompt import ChatPrompt
 
+        # The vocabulary and template only (a few MB): prompts are built and counted on this side.
+        self.prompt = await asyncio.to_thread(ChatPrompt, self.config.model_path)
         loop = asyncio.get_running_loop()
         started: asyncio.Future = loop.create_future()
         context = multiprocessing.get_context("spawn")
@@ -175,6 +179,23 @@ class LlamaCppEngine(Engine):
         if self._conn is not None:
             self._conn.close()
         self._process = None
+
+    # -- what the engine answers about itself --------------------------------------------------
+
+    async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+        # Tokenizing is CPU work in a ctypes call that releases the GIL: keep it off the event loop.
+        return await asyncio.to_thread(self.prompt.chat_tokens, messages, system)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.worker_info.get("n_ctx_seq") or self.config.ctx_per_seq)
+
+    def check_admission(self) -> None:
+        if not self._ready:
+            raise EngineUnavailable("the engine is not loaded")
+        with self._lock:
+            if len(self._routes) >= self.config.parallel + self.config.queue_size:
+                raise EngineOverloaded("the engine queue is full")
 
     # -- generation ---------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from llama_cpp import llama_cpp as L
 
 from qfserve.engine.base import SamplingParams
 
-MIN_P = 0.05  # llama-server's default
 MAX_TOP_LOGPROBS = 20
 
 
@@ -45,7 +44,8 @@ class SequenceSampler:
             self._add(L.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
             self._add(L.llama_sampler_init_top_p(params.top_p, 1))
-        self._add(L.llama_sampler_init_min_p(MIN_P, 1))
+        if params.min_p > 0:
+            self._add(L.llama_sampler_init_min_p(params.min_p, 1))
         self._add(L.llama_sampler_init_temp(params.temperature))
         seed = L.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 2**32
         self._add(L.llama_sampler_init_dist(seed))

@@ -1,4 +1,4 @@
-from qfserve.chat.sentences import SentenceSplitter
+from qfserve.protocol.sentences import SentenceSplitter
 
 
 def split(pieces, max_chars=80, first_chunk=False):
