@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import error_response, json_response
+from qfserve.limits.inflight import InFlightSlot
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -40,10 +41,23 @@ async def chat(api_path: str, request: Request) -> Response:
         raise QianfanError(Code.INVALID_HTTP_METHOD)
     app = await authenticated_app(request)
     body = _decode_body(await request.body())
+    # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
+    slot = request.app.state.in_flight.acquire()
+    streaming = False
+    try:
+        response = await _answer(request, app, api_path, body, rid, slot)
+        streaming = isinstance(response, _SlotHoldingStream)  # the stream gives the slot back itself
+        return response
+    finally:
+        if not streaming:
+            slot.release()
+
+
+async def _answer(request: Request, app, api_path: str, body, rid: str, slot: InFlightSlot) -> Response:
     serving = request.app.state.serving
     prepared = await serving.prepare(app, api_path, body, rid)
     if prepared.request.stream:
-        return await _stream(request, serving, prepared)
+        return await _stream(request, serving, prepared, slot)
     try:
         answer = await _unless_disconnected(request, serving.complete(prepared))
     except QianfanError as error:
@@ -51,7 +65,22 @@ async def chat(api_path: str, request: Request) -> Response:
     return json_response(answer, headers=prepared.headers)
 
 
-async def _stream(request: Request, serving, prepared) -> Response:
+class _SlotHoldingStream(StreamingResponse):
+    """A streaming answer that gives its in-flight slot back when it ends, however it ends
+    (finished, client gone, cancelled): the generator's own `finally` does not run if it never starts."""
+
+    def __init__(self, *args, slot: InFlightSlot, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
+async def _stream(request: Request, serving, prepared, slot: InFlightSlot) -> Response:
     chunks = serving.stream(prepared)
     try:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
@@ -70,7 +99,7 @@ async def _stream(request: Request, serving, prepared) -> Response:
             await chunks.aclose()
 
     headers = {"Cache-Control": "no-cache", **prepared.headers}
-    return StreamingResponse(events(), media_type=SSE_TYPE, headers=headers)
+    return _SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
 
 
 async def _unless_disconnected(request: Request, work):
