@@ -88,7 +88,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.moderator = _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, ctx_per_seq=settings.ctx_per_seq,
-            moderator=state.moderator, memory=_memory(settings, state.store),
+            moderator=state.moderator, memory=_memory(settings, state.store), usage=state.usage,
         )
         state.shutting_down = False
         pid_file = settings.data_dir / PID_FILE

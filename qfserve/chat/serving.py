@@ -26,7 +26,7 @@ from qfserve.engine.base import (
     TokenEvent,
 )
 from qfserve.engine.prompt import ChatPrompt
-from qfserve.limits.base import Limiter, Reservation, limit_key
+from qfserve.limits.base import AppQuota, Limiter, Reservation, limit_key
 from qfserve.protocol.chat import ChatRequest, parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.services.adapters import adapter_gguf
@@ -97,6 +97,7 @@ class ChatServing:
         ctx_per_seq: int,
         moderator: Any = None,
         memory: Any = None,
+        usage: Any = None,
     ):
         self.store = store
         self.engines = engines
@@ -104,6 +105,7 @@ class ChatServing:
         self.ctx_per_seq = ctx_per_seq
         self.moderator = moderator
         self.memory = memory
+        self.usage = usage  # UsageRecorder: requests and tokens per app, service and day
         self._background: set[asyncio.Task] = set()
 
     # ---- before the answer -------------------------------------------------------------------
@@ -122,7 +124,8 @@ class ChatServing:
         verdict = await self._moderate_input(request, service)
         if verdict.level >= 3:
             # The model is not called; the request still counts against RPM.
-            reservation = await self.limiter.admit(limit_key(api_path, app.id), service.rpm, service.tpm, 0)
+            reservation = await self.limiter.admit_request(limit_key(api_path, app.id), service.rpm, service.tpm, 0,
+                                                           AppQuota(app.id, app.qps, app.daily_requests))
             return PreparedChat(request_id, int(time.time()), app, service, request, None, [], SamplingParams(),
                                 reservation, input_verdict=verdict)
 
@@ -135,7 +138,8 @@ class ChatServing:
         # The answer may not outgrow the sequence's KV cells: cut it there (is_truncated tells).
         max_tokens = min(request.max_output_tokens, profile.max_output_tokens, self.ctx_per_seq - len(prompt_ids))
         adapter = self._adapter_path(service)
-        reservation = await self.limiter.admit(limit_key(api_path, app.id), service.rpm, service.tpm, len(prompt_ids))
+        reservation = await self.limiter.admit_request(limit_key(api_path, app.id), service.rpm, service.tpm,
+                                                       len(prompt_ids), AppQuota(app.id, app.qps, app.daily_requests))
         return PreparedChat(
             request_id, int(time.time()), app, service, request, engine, prompt_ids,
             _sampling_params(request, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
@@ -212,6 +216,8 @@ class ChatServing:
         verdict = prepared.input_verdict
         if prepared.engine is None:  # blocked at input (flag 3)
             metrics.REQUESTS.labels(prepared.service.api_path, "content_filter").inc()
+            if self.usage is not None:
+                self.usage.record(prepared.app.id, prepared.service.api_path, 0, 0)
             yield self._chunk(prepared, 0, "", is_end=True, is_truncated=False, completion_tokens=0,
                               verdict=verdict, finish_reason="content_filter")
             return
@@ -311,6 +317,8 @@ class ChatServing:
             metrics.E2E.labels(service).observe(time.monotonic() - prepared.started)
             # Tokens of a cancelled answer still count against TPM.
             self._spawn(prepared.reservation.settle(len(prepared.prompt_tokens) + completion_tokens))
+            if self.usage is not None:
+                self.usage.record(prepared.app.id, service, len(prepared.prompt_tokens), completion_tokens)
 
     async def complete(self, prepared: PreparedChat) -> dict:
         """The sync answer: the stream joined into one body."""
