@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from qfserve.engine.llamacpp.protocol import physical_cores
+from qfserve.limits.days import DEFAULT_TIMEZONE, check_timezone
 
 CONFIG_FILE = "qfserve.toml"
 PID_FILE = "qfserve.pid"  # written by a running server, read by `qfserve safety reload`
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
     redis_url: str | None = None
+    max_in_flight: int = Field(0, ge=0, description="chat requests in flight before answering 4 (0: no ceiling)")
+    quota_timezone: str = Field(DEFAULT_TIMEZONE, description="where an app's daily quota day starts and ends")
     auth_fail_limit: int = 20
     auth_fail_window: float = 60.0
     signature_clock_skew: int = 300
@@ -49,6 +52,11 @@ class Settings(BaseSettings):
     memory_semantic: bool = Field(False, description="add an embedding score to recall (needs qfserve[semantic])")
 
     _toml_path: Path | None = None
+
+    @field_validator("quota_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -16,9 +17,12 @@ from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
 from qfserve.config import Settings
 from qfserve.engine.base import Engine
-from qfserve.limits import make_limiter
+from qfserve.limits import QuotaCalendar, make_limiter
+from qfserve.limits.inflight import InFlightLimit
+from qfserve.limits.usage import UsageRecorder
 from qfserve.services.engines import EngineRegistry
 from qfserve.store import services as service_store
+from qfserve.store import usage as usage_store
 from qfserve.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -74,12 +78,17 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state = app.state
         state.settings = settings
         state.store = Store(settings.data_dir)
-        state.limiter = make_limiter(settings.limiter, settings.redis_url)
+        calendar = QuotaCalendar(settings.quota_timezone)
+        state.limiter = make_limiter(settings.limiter, settings.redis_url, calendar=calendar,
+                                     daily_seed=functools.partial(usage_store.requests_on, state.store))
+        state.in_flight = InFlightLimit(settings.max_in_flight)
+        state.usage = UsageRecorder(state.store, calendar)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
         state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
         state.moderator = _moderator(settings)
         state.serving = ChatServing(
-            store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator, memory=_memory(settings, state.store),
+            store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator,
+            memory=_memory(settings, state.store), usage=state.usage,
         )
         state.shutting_down = False
         pid_file = settings.data_dir / PID_FILE
@@ -95,6 +104,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         finally:
             state.shutting_down = True
             await state.serving.drain()
+            await state.usage.close()
             await state.engines.close()
             await state.limiter.close()
             state.store.close()

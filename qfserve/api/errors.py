@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from qfserve import metrics
+from qfserve.limits.base import LimitRefused
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -28,7 +29,12 @@ def json_response(body: dict, status: int = 200, headers: dict | None = None) ->
 
 
 def error_response(error: QianfanError, rid: str | None = None, headers: dict | None = None) -> Response:
+    """The wire body; the error's own headers (a limit's budget and Retry-After) win over `headers`."""
     metrics.ERRORS.labels(str(error.code)).inc()
+    if isinstance(error, LimitRefused):
+        metrics.LIMIT_REJECTIONS.labels(str(error.code), error.reason).inc()
+    if error.headers:
+        headers = {**(headers or {}), **error.headers}
     return json_response(error.body(rid or request_id()), headers=headers)
 
 

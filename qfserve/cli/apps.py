@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
 from qfserve.store import apps as app_store
+from qfserve.store import usage as usage_store
 
 app = typer.Typer(help="Create, list, rotate and delete apps (API Key / Secret Key and IAM AK/SK pairs).",
                   no_args_is_help=True)
@@ -27,15 +29,46 @@ def _show_credentials(creds: app_store.AppCredentials, as_json: bool, title: str
     console.print("[dim]The secrets are shown only now; `qfserve app rotate` replaces them.[/]")
 
 
+# ---- quotas (per app, over all services) ----
+Qps = Annotated[Optional[int], typer.Option(
+    "--qps", min=0, help="Requests per second over all services; past it: error 18 (the SDK retries). 0: unlimited.")]
+DailyRequests = Annotated[Optional[int], typer.Option(
+    "--daily-requests", min=0,
+    help="Requests per day (from midnight in the server's --quota-timezone); past it: error 17. 0: unlimited.")]
+
+
 @app.command("create")
-def create(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+def create(name: Name, qps: Qps = None, daily_requests: DailyRequests = None,
+           data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
     """Create an app and print its API Key / Secret Key and IAM Access Key / Secret Access Key."""
     with open_store(data_dir) as store:
         try:
-            creds = app_store.create_app(store, name)
+            creds = app_store.create_app(store, name, qps=qps or 0, daily_requests=daily_requests or 0)
         except app_store.AppExists as exc:
             fail(str(exc))
     _show_credentials(creds, as_json, f"app {name}")
+
+
+@app.command("update")
+def update(name: Name, qps: Qps = None, daily_requests: DailyRequests = None,
+           data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+    """Change an app's quotas (only those given). A running server applies them from its next request."""
+    if qps is None and daily_requests is None:
+        fail("nothing to change: give --qps and/or --daily-requests")
+    with open_store(data_dir) as store:
+        try:
+            changed = app_store.set_quotas(store, name, qps=qps, daily_requests=daily_requests)
+        except app_store.AppNotFound as exc:
+            fail(str(exc))
+    quotas = {"name": changed.name, "qps": changed.qps, "daily_requests": changed.daily_requests}
+    if as_json:
+        print_json(quotas)
+        return
+    console.print(f"app {name}: qps {_limit(changed.qps)}, daily requests {_limit(changed.daily_requests)}")
+
+
+def _limit(value: int) -> str:
+    return str(value) if value > 0 else "unlimited"
 
 
 @app.command("rotate")
@@ -49,23 +82,61 @@ def rotate(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag =
     _show_credentials(creds, as_json, f"app {name} (rotated)")
 
 
+QuotaTimezone = Annotated[Optional[str], typer.Option(
+    "--quota-timezone", envvar="QFSERVE_QUOTA_TIMEZONE", show_envvar=True,
+    help="The time zone whose day is shown (the server's --quota-timezone; qfserve.toml's, else Asia/Shanghai).")]
+
+
 @app.command("list")
-def list_(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
-    """List apps (secrets are never shown)."""
+def list_(quota_timezone: QuotaTimezone = None, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+    """List apps (secrets are never shown), their quotas and today's use per service.
+
+    Use is what running servers have recorded (written every second or so): answered requests and tokens.
+    """
+    from pydantic import ValidationError
+
+    from qfserve.config import load_settings
+    from qfserve.limits.days import QuotaCalendar
+
+    try:
+        calendar = QuotaCalendar(quota_timezone or load_settings(data_dir=data_dir).quota_timezone)
+    except ValidationError as exc:  # a bad setting in the environment or qfserve.toml
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    except ValueError as exc:
+        fail(str(exc))
+    day = calendar.day(time.time())
     with open_store(data_dir) as store:
-        rows = [
-            {"name": a.name, "api_key": a.api_key, "access_key": a.access_key,
-             "services": "all" if a.all_services else app_store.granted_paths(store, a.id), "created_at": a.created_at}
-            for a in app_store.list_apps(store)
-        ]
+        used: dict[int, dict[str, dict]] = {}
+        for row in usage_store.usage_on(store, day):
+            used.setdefault(row.app_id, {})[row.api_path] = {
+                "requests": row.requests, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
+        rows = [_app_row(store, a, used.get(a.id, {}), day, calendar.timezone) for a in app_store.list_apps(store)]
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "api_key", "access_key", "services")
+    table = Table("name", "api_key", "access_key", "services", "qps", f"requests today ({day})", "use per service",
+                  title=f"apps · today is {day} in {calendar.timezone}")
     for row in rows:
         services = row["services"] if isinstance(row["services"], str) else ", ".join(row["services"]) or "(none)"
-        table.add_row(row["name"], row["api_key"], row["access_key"], services)
+        today = row["today"]
+        requests = f"{today['requests']} / {_limit(row['daily_requests'])}"
+        per_service = "\n".join(
+            f"{path}: {u['requests']} req, {u['prompt_tokens']} + {u['completion_tokens']} tok"
+            for path, u in today["services"].items()) or "-"
+        table.add_row(row["name"], row["api_key"], row["access_key"], services, _limit(row["qps"]), requests, per_service)
     console.print(table)
+
+
+def _app_row(store, a: app_store.App, services_used: dict[str, dict], day: str, timezone: str) -> dict:
+    today: dict = {"day": day, "timezone": timezone}
+    for key in ("requests", "prompt_tokens", "completion_tokens"):
+        today[key] = sum(u[key] for u in services_used.values())
+    today["services"] = services_used
+    if a.daily_requests > 0:
+        today["daily_requests_left"] = max(0, a.daily_requests - today["requests"])
+    return {"name": a.name, "api_key": a.api_key, "access_key": a.access_key,
+            "services": "all" if a.all_services else app_store.granted_paths(store, a.id),
+            "created_at": a.created_at, "qps": a.qps, "daily_requests": a.daily_requests, "today": today}
 
 
 def _change(data_dir, change, *args, done: str) -> None:

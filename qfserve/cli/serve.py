@@ -26,6 +26,15 @@ def _env(name: str) -> dict:
     return {"envvar": f"QFSERVE_{name}", "show_envvar": True}
 
 
+def _check_timezone(value: str | None) -> str | None:
+    from qfserve.limits.days import check_timezone
+
+    try:
+        return None if value is None else check_timezone(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Address to listen on. Default: 127.0.0.1.", **_env("HOST"))] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to listen on. Default: 8360.", **_env("PORT"))] = None,
@@ -36,6 +45,8 @@ def serve(
     queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
+    max_in_flight: Annotated[Optional[int], typer.Option(min=0, help="Chat requests in flight before answering 4 at once (no queueing). Default: 0, no ceiling.", **_env("MAX_IN_FLIGHT"))] = None,
+    quota_timezone: Annotated[Optional[str], typer.Option(callback=_check_timezone, help="Time zone (IANA name) whose midnight starts an app's daily quota. Default: Asia/Shanghai, as Qianfan.", **_env("QUOTA_TIMEZONE"))] = None,
     safety_lexicon: Annotated[Optional[list[Path]], typer.Option(help="Deny lexicon TSV (term, category, level); repeatable.")] = None,
     safety_allow: Annotated[Optional[Path], typer.Option(help="Allow-list file, one term a line.", **_env("SAFETY_ALLOW"))] = None,
     safety_level: Annotated[Optional[list[str]], typer.Option(help="Override a category's level, as CATEGORY=LEVEL (0-3); repeatable.")] = None,
@@ -50,7 +61,8 @@ def serve(
     """
     settings = load_settings(
         host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
-        queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
+        queue_size=queue_size, limiter=limiter, redis_url=redis_url, max_in_flight=max_in_flight,
+        quota_timezone=quota_timezone, safety_lexicon=safety_lexicon,
         safety_allow=safety_allow, log_level=log_level, log_json=log_json,
         safety_category_levels=_category_levels(safety_level),
     )

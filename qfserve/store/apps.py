@@ -19,6 +19,8 @@ class App:
     access_key: str
     all_services: bool
     created_at: int
+    qps: int = 0  # requests per second over all services; 0: unlimited
+    daily_requests: int = 0  # requests per day (quota time zone); 0: unlimited
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ def _hash(secret: str) -> str:
 
 
 def _row_to_app(row) -> App:
-    return App(row["id"], row["name"], row["api_key"], row["access_key"], bool(row["all_services"]), row["created_at"])
+    return App(row["id"], row["name"], row["api_key"], row["access_key"], bool(row["all_services"]), row["created_at"],
+               row["qps"], row["daily_requests"])
 
 
 def _new_pairs() -> dict:
@@ -64,17 +67,42 @@ def _new_pairs() -> dict:
     }
 
 
-def create_app(store: Store, name: str) -> AppCredentials:
+def create_app(store: Store, name: str, *, qps: int = 0, daily_requests: int = 0) -> AppCredentials:
+    _check_quotas(qps, daily_requests)
     keys = _new_pairs()
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
         conn.execute(
-            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time())),
+            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at,"
+            " qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time()),
+             qps, daily_requests),
         )
     return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
+
+
+# ---- quotas -------------------------------------------------------------------------------------
+
+
+def _check_quotas(qps: int | None, daily_requests: int | None) -> None:
+    for label, value in (("qps", qps), ("daily requests", daily_requests)):
+        if value is not None and value < 0:
+            raise ValueError(f"{label} must be 0 (unlimited) or more")
+
+
+def set_quotas(store: Store, name: str, *, qps: int | None = None, daily_requests: int | None = None) -> App:
+    """Change the quotas given (None leaves one as it is); a running server applies them from its next request."""
+    _check_quotas(qps, daily_requests)
+    with store.transaction() as conn:
+        row = conn.execute("SELECT id FROM apps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise AppNotFound(f"no app named {name!r}")
+        conn.execute(
+            "UPDATE apps SET qps = COALESCE(?, qps), daily_requests = COALESCE(?, daily_requests) WHERE id = ?",
+            (qps, daily_requests, row["id"]),
+        )
+    return get_app(store, name)
 
 
 def rotate_app(store: Store, name: str) -> AppCredentials:
