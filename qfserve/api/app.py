@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -9,11 +10,12 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
+from qfserve.console.jobs import JobRunner
 from qfserve.config import Settings
 from qfserve.engine.base import Engine
 from qfserve.limits import make_limiter
@@ -83,6 +85,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             moderator=state.moderator, memory=_memory(settings, state.store),
         )
         state.shutting_down = False
+        state.console_jobs = JobRunner(state.store)
         pid_file = settings.data_dir / PID_FILE
         pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
@@ -95,6 +98,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             yield
         finally:
             state.shutting_down = True
+            await asyncio.to_thread(state.console_jobs.close)
             await state.serving.drain()
             await state.engines.close()
             await state.limiter.close()
@@ -106,4 +110,5 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
+    console_ui.install(app)
     return app
