@@ -333,7 +333,7 @@ async def app_grants(name: str, request: Request) -> Response:
         await run(app_store.grant if action == "grant" else app_store.revoke, store, name, api_path)
     except app_store.AppNotFound as exc:
         return page(request, "not_found.html", 404, error=str(exc))
-    return done(f"/apps/{name}", f"{action}ed {api_path}")
+    return done(f"/apps/{name}", f"{'granted' if action == 'grant' else 'revoked'} {api_path}")
 
 
 @router.post("/apps/{name}/delete")

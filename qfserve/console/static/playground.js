@@ -74,6 +74,7 @@
         tok.className = "tok";
         const p = Math.exp(entry.logprob);
         tok.style.background = colour(p);
+        tok.dataset.p = p.toFixed(4);
         tok.textContent = entry.token;
         tok.tabIndex = 0;
         const alts = (entry.top_logprobs || []).map((a) => JSON.stringify(a.token) + " " + (100 * Math.exp(a.logprob)).toFixed(1) + "%");
