@@ -173,6 +173,10 @@ def test_playground_streams_chunks_as_they_arrive(page, console_server, artifact
     assert len(set(by_p.values())) > 1 and len(by_p) > 1  # different probabilities, different colours
     token.hover()
     assert "p=" in token.get_attribute("data-tip") and len(token.get_attribute("data-tip").splitlines()) >= 2
+    answer.locator(".tok").nth(min(6, answer.locator(".tok").count() - 1)).hover()
+    page.screenshot(path=str(artifacts / "playground-logprobs.png"))
+    if os.environ.get("QFSERVE_DOCS_SCREENSHOT") == "1":
+        page.screenshot(path=str(ROOT / "docs" / "console-playground.png"))
     # Multi-turn: the second request carries the first answer.
     _send(page, "And what was the cat's name?", 2)
     page.click("summary:has-text('Copy as')")
@@ -184,9 +188,7 @@ def test_playground_streams_chunks_as_they_arrive(page, console_server, artifact
     page.click("[data-copy=curl]")
     assert "curl -X POST" in page.input_value("#pg-snippet")
     check_page(page)
-    page.screenshot(path=str(artifacts / "playground.png"))
-    if os.environ.get("QFSERVE_DOCS_SCREENSHOT") == "1":
-        page.screenshot(path=str(ROOT / "docs" / "console-playground.png"))
+    page.screenshot(path=str(artifacts / "playground.png"), full_page=True)
 
 
 def test_a_lexicon_term_shows_a_flag_badge(page, console_server, artifacts):

@@ -64,3 +64,30 @@ def test_upload_reports_bad_lines_with_their_numbers(tmp_path):
     assert not list((tmp_path / "console" / "datasets").iterdir())  # nothing kept
     dataset = jobs.add_dataset(store, "../../etc/d.jsonl", f"{good}\n{good}\n".encode())
     assert dataset.conversations == 2 and Path(dataset.path).parent == tmp_path / "console" / "datasets"
+
+
+def test_change_keeps_model_and_adapter_and_checks_values(tmp_path):
+    from qfserve.services import publishing
+    from qfserve.store import services as service_store
+
+    store = Store(tmp_path)
+    service_store.publish_service(store, "keep", model="default", adapter="/some/adapter", profile="ERNIE-Lite-8K")
+    changed = publishing.change(store, "keep", rpm=7, safety="strict")
+    assert (changed.adapter, changed.model, changed.profile, changed.rpm, changed.safety) == (
+        "/some/adapter", "default", "ERNIE-Lite-8K", 7, "strict")
+    with pytest.raises(publishing.PublishError, match="rpm and tpm must be positive"):
+        publishing.change(store, "keep", tpm=-1)
+    with pytest.raises(publishing.PublishError, match="unknown profile"):
+        publishing.change(store, "keep", profile="GPT-9")
+    with pytest.raises(publishing.PublishError, match="no service"):
+        publishing.change(store, "nosuch", rpm=1)
+    with pytest.raises(publishing.PublishError, match="model file not found"):
+        publishing.publish(store, "other", model=str(tmp_path / "missing.gguf"), profile="ERNIE-Speed-8K")
+
+
+def test_console_command_prints_a_link_and_says_when_no_server_runs(tmp_path):
+    from conftest import cli
+
+    result = cli(tmp_path, "console", "--port", "18777")
+    assert "http://127.0.0.1:18777/console/signin?token=" in result.stdout
+    assert "No server seems to run" in result.stdout
