@@ -91,3 +91,22 @@ def test_console_command_prints_a_link_and_says_when_no_server_runs(tmp_path):
     result = cli(tmp_path, "console", "--port", "18777")
     assert "http://127.0.0.1:18777/console/signin?token=" in result.stdout
     assert "No server seems to run" in result.stdout
+
+
+def test_a_job_left_running_by_a_stopped_server_is_settled_from_its_files(tmp_path):
+    from qfserve.sft import manifest
+    from qfserve.store import console as console_store
+
+    store = Store(tmp_path)
+    dataset = console_store.add_dataset(store, "d.jsonl", str(tmp_path / "d.jsonl"), 1)
+    finished = console_store.add_job(store, "done", dataset.id, str(tmp_path / "done"), {})
+    crashed = console_store.add_job(store, "crashed", dataset.id, str(tmp_path / "crashed"), {})
+    for job in (finished, crashed):
+        console_store.update_job(store, job.id, status="running", pid=999999)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / manifest.MANIFEST_NAME).write_text("{}")
+    runner = jobs.JobRunner(store)  # a new server: it runs neither process
+    assert runner.job(finished.id).status == "succeeded"
+    settled = runner.job(crashed.id)
+    assert settled.status == "failed" and "ended with the server" in settled.error
+    assert console_store.get_job(store, crashed.id).status == "failed"  # stored, not just shown
