@@ -165,15 +165,18 @@ def test_playground_streams_chunks_as_they_arrive(page, console_server, artifact
     assert "flag 0" in badges and f"{len(times)} chunks" in badges
     usage = page.inner_text("#pg-usage")
     assert "completion_tokens" in usage and "X-Ratelimit-Limit-Requests" in usage and "5000" in usage
-    # logprobs: every token coloured, alternatives on hover.
-    token = answer.locator(".tok").first
+    # logprobs: every token coloured, alternatives on hover; as many tokens as completion_tokens.
+    completion = int(re.search(r"completion_tokens\s+(\d+)", usage).group(1))
+    assert page.locator(".msg.assistant").last.locator(".tok").count() == completion
+    message = page.locator(".msg.assistant").last
+    token = message.locator(".tokens .tok").first
     assert "background: rgb(" in token.get_attribute("style")
-    colours = answer.locator(".tok").evaluate_all("els => els.map(e => [Number(e.dataset.p), e.style.background])")
+    colours = message.locator(".tok").evaluate_all("els => els.map(e => [Number(e.dataset.p), e.style.background])")
     by_p = dict(colours)
     assert len(set(by_p.values())) > 1 and len(by_p) > 1  # different probabilities, different colours
     token.hover()
     assert "p=" in token.get_attribute("data-tip") and len(token.get_attribute("data-tip").splitlines()) >= 2
-    answer.locator(".tok").nth(min(6, answer.locator(".tok").count() - 1)).hover()
+    message.locator(".tok").nth(min(6, message.locator(".tok").count() - 1)).hover()
     page.screenshot(path=str(artifacts / "playground-logprobs.png"))
     if os.environ.get("QFSERVE_DOCS_SCREENSHOT") == "1":
         page.screenshot(path=str(ROOT / "docs" / "console-playground.png"))

@@ -6,7 +6,8 @@ window.qfCharts = (function () {
     opts = opts || {};
     const width = () => Math.max(260, el.clientWidth || 600);
     const series = [{ label: opts.xLabel || "time" }].concat(seriesNames.map((name, i) => ({
-      label: name, stroke: palette[i % palette.length], width: 2, points: { show: opts.points !== false },
+      label: name, stroke: palette[i % palette.length], width: 2, spanGaps: !!opts.spanGaps,
+      points: { show: opts.points !== false, size: 5 },
     })));
     const chart = new uPlot({
       width: width(), height: opts.height || 220, series: series,

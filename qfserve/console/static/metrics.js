@@ -10,7 +10,8 @@
     kinds.forEach((k) => {
       const el = document.getElementById("chart-" + k);
       el.textContent = "";
-      charts[k] = window.qfCharts.line(el, names.length ? names : ["–"], { points: false });
+      // TTFT exists only for intervals with a first token: its points are drawn and joined across gaps.
+      charts[k] = window.qfCharts.line(el, names.length ? names : ["–"], { points: k === "ttft", spanGaps: k === "ttft" });
       data[k] = [[]].concat((names.length ? names : ["–"]).map(() => []));
     });
   }

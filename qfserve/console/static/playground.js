@@ -67,25 +67,36 @@
     span.className = "chunk";
     span.dataset.sentenceId = chunk.sentence_id != null ? chunk.sentence_id : index;
     span.title = "chunk " + (index + 1) + (chunk.sentence_id != null ? " · sentence_id " + chunk.sentence_id : "");
-    const content = chunk.logprobs && chunk.logprobs.content;
-    if (content && content.length) {
-      content.forEach((entry) => {
-        const tok = document.createElement("span");
-        tok.className = "tok";
-        const p = Math.exp(entry.logprob);
-        tok.style.background = colour(p);
-        tok.dataset.p = p.toFixed(4);
-        tok.textContent = entry.token;
-        tok.tabIndex = 0;
-        const alts = (entry.top_logprobs || []).map((a) => JSON.stringify(a.token) + " " + (100 * Math.exp(a.logprob)).toFixed(1) + "%");
-        tok.dataset.tip = "p=" + (100 * p).toFixed(1) + "%" + (alts.length ? "\n" + alts.join("\n") : "");
-        tok.setAttribute("aria-label", entry.token + ", probability " + (100 * p).toFixed(1) + "%" + (alts.length ? ", alternatives " + alts.join(", ") : ""));
-        span.append(tok);
-      });
-    } else {
-      span.textContent = chunk.result || "";
-    }
+    span.textContent = chunk.result || "";
     target.append(span);
+    const content = chunk.logprobs && chunk.logprobs.content;
+    if (content && content.length) appendTokens(target, content);
+  }
+
+  // With logprobs, the answer's tokens are shown again beneath it, each coloured by its probability,
+  // with the alternatives on hover or focus. (A chunk's text and its tokens need not line up: the
+  // server holds text back for moderation, so tokens are not drawn inside the chunks.)
+  function appendTokens(target, content) {
+    let strip = target.parentElement.querySelector(".tokens");
+    if (!strip) {
+      strip = document.createElement("div");
+      strip.className = "tokens";
+      strip.setAttribute("aria-label", "Tokens by probability");
+      target.parentElement.append(strip);
+    }
+    content.forEach((entry) => {
+      const tok = document.createElement("span");
+      tok.className = "tok";
+      const p = Math.exp(entry.logprob);
+      tok.style.background = colour(p);
+      tok.dataset.p = p.toFixed(4);
+      tok.textContent = entry.token;
+      tok.tabIndex = 0;
+      const alts = (entry.top_logprobs || []).map((a) => JSON.stringify(a.token) + " " + (100 * Math.exp(a.logprob)).toFixed(1) + "%");
+      tok.dataset.tip = "p=" + (100 * p).toFixed(1) + "%" + (alts.length ? "\n" + alts.join("\n") : "");
+      tok.setAttribute("aria-label", entry.token + ", probability " + (100 * p).toFixed(1) + "%" + (alts.length ? ", alternatives " + alts.join(", ") : ""));
+      strip.append(tok);
+    });
   }
 
   function badge(text, cls, title) {
