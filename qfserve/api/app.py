@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -10,11 +11,12 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
+from qfserve.console.jobs import JobRunner
 from qfserve.config import Settings
 from qfserve.engine.base import Engine
 from qfserve.limits import QuotaCalendar, make_limiter
@@ -91,6 +93,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             memory=_memory(settings, state.store), usage=state.usage,
         )
         state.shutting_down = False
+        state.console_jobs = JobRunner(state.store)
         pid_file = settings.data_dir / PID_FILE
         pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
@@ -103,6 +106,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             yield
         finally:
             state.shutting_down = True
+            await asyncio.to_thread(state.console_jobs.close)
             await state.serving.drain()
             await state.usage.close()
             await state.engines.close()
@@ -115,4 +119,5 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
+    console_ui.install(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from qfserve.cli import apps, safety, services
+from qfserve.cli.console import console_command
 from qfserve.cli.serve import serve
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve)
+app.command("console")(console_command)
 app.add_typer(apps.app, name="app")
 app.add_typer(services.app, name="service")
 app.add_typer(safety.app, name="safety")

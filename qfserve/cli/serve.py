@@ -13,6 +13,7 @@ import typer
 from rich.panel import Panel
 
 from qfserve.cli.common import console, open_store
+from qfserve.cli.console import signin_link
 from qfserve.config import Settings, load_settings
 from qfserve.store import apps as app_store
 from qfserve.store import services as service_store
@@ -127,7 +128,11 @@ def _ensure_demo(settings: Settings) -> None:
             creds = json.loads(creds_file.read_text())
         else:
             console.print("[dim]--demo: the data dir already has apps or services; nothing created.[/]")
-            return
+            creds = None
+        console_link = signin_link(store, settings.host, settings.port)
+    if creds is None:
+        print(f"# web console (one-time sign-in link; `qfserve console` prints another)\n{console_link}", flush=True)
+        return
     base = f"http://{settings.host}:{settings.port}"
     token_url = (f"{base}/oauth/2.0/token?grant_type=client_credentials"
                  f"&client_id={creds['api_key']}&client_secret={creds['secret_key']}")
@@ -140,3 +145,5 @@ def _ensure_demo(settings: Settings) -> None:
     print(f"TOKEN=$(curl -s {shlex.quote(token_url)} | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
     print("# 2. chat")
     print(f"curl -X POST \"{chat_url}\" -d {shlex.quote(body)}", flush=True)
+    print("# 3. the web console (one-time sign-in link; `qfserve console` prints another)")
+    print(console_link, flush=True)

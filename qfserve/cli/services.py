@@ -9,28 +9,11 @@ import typer
 from rich.table import Table
 
 from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
-from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from qfserve.services import publishing
+from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES
 from qfserve.store import services as service_store
 
 app = typer.Typer(help="Publish, list and delete chat services.", no_args_is_help=True)
-
-
-def _check_model(model: str) -> str:
-    if model == "default":
-        return model
-    path = Path(model).expanduser().resolve()
-    if not path.is_file():
-        fail(f"model file not found: {model}")
-    return str(path)
-
-
-def _check_adapter(adapter: Path, model: str) -> str:
-    from qfserve.services.adapters import AdapterError, check_adapter
-
-    try:
-        return check_adapter(adapter, model)
-    except AdapterError as exc:
-        fail(str(exc))
 
 
 @app.command("publish")
@@ -47,20 +30,13 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish a service. A running server on the same data dir serves it from its next request."""
-    try:
-        service_store.check_api_path(api_path)
-        get_profile(profile)
-    except ValueError as exc:
-        fail(str(exc))
-    model = _check_model(model)
-    adapter_dir = _check_adapter(adapter, model) if adapter is not None else None
     with open_store(data_dir) as store:
         try:
-            service = service_store.publish_service(
-                store, api_path, model=model, adapter=adapter_dir, profile=profile,
+            service = publishing.publish(
+                store, api_path, model=model, adapter=adapter, profile=profile,
                 rpm=rpm, tpm=tpm, safety=safety, replace=replace,
             )
-        except (ValueError, service_store.ServiceExists) as exc:
+        except ValueError as exc:  # PublishError, AdapterError
             fail(str(exc))
     if as_json:
         print_json(service.as_dict())

@@ -105,8 +105,9 @@ def _run_epochs(model, train_set, config, pad_id, log_path: Path, console) -> tu
                 epoch_loss_sum += loss_sum.item()
                 epoch_tokens += n_tokens
                 record = {"step": len(losses), "epoch": epoch + 1, "loss": round(losses[-1], 6),
-                          "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
+                          "lr": scheduler.get_last_lr()[0], "tokens": n_tokens, "total_steps": total_steps}
                 log.write(json.dumps(record) + "\n")
+                log.flush()  # read live by the console's loss chart
                 # The bar shows this epoch's running mean: single steps are too noisy to read.
                 running = epoch_loss_sum / epoch_tokens
                 progress.update(task, advance=1, epoch=epoch + 1, loss=running)

@@ -43,6 +43,15 @@ def usage_on(store: Store, day: str) -> list[Usage]:
             for r in rows]
 
 
+def usage_of_app(store: Store, app_id: int) -> list[Usage]:
+    """Every recorded day of one app, per service, oldest first."""
+    rows = store.connection().execute(
+        "SELECT * FROM usage WHERE app_id = ? ORDER BY day, api_path", (app_id,)
+    ).fetchall()
+    return [Usage(r["app_id"], r["api_path"], r["day"], r["requests"], r["prompt_tokens"], r["completion_tokens"])
+            for r in rows]
+
+
 def requests_on(store: Store, app_id: int, day: str) -> int:
     """The app's requests on `day`, over all services."""
     row = store.connection().execute(
