@@ -10,6 +10,7 @@ from typing import Callable
 from fastapi import FastAPI
 
 from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api.access_log import AccessLogMiddleware
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
@@ -68,7 +69,10 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
-def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None,
+               moderator=None) -> FastAPI:
+    """`moderator`: lexicons already loaded (`qfserve serve` loads them before starting, to fail fast)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
@@ -77,7 +81,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.limiter = make_limiter(settings.limiter, settings.redis_url)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
         state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
-        state.moderator = _moderator(settings)
+        state.moderator = moderator if moderator is not None else _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, ctx_per_seq=settings.ctx_per_seq,
             moderator=state.moderator, memory=_memory(settings, state.store),
@@ -102,6 +106,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             pid_file.unlink(missing_ok=True)
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.in_flight = 0  # requests being answered, counted by the access-log middleware
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
     for module in (oauth, chat, console, health):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import error_response, json_response
 from qfserve.protocol.errors import Code, QianfanError
@@ -36,8 +37,11 @@ def _decode_body(raw: bytes):
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 async def chat(api_path: str, request: Request) -> Response:
     rid = request.state.request_id = request_id()
+    note(request, service=api_path)
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
+    if getattr(request.app.state, "shutting_down", False):
+        raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
     app = await authenticated_app(request)
     body = _decode_body(await request.body())
     serving = request.app.state.serving
@@ -47,7 +51,9 @@ async def chat(api_path: str, request: Request) -> Response:
     try:
         answer = await _unless_disconnected(request, serving.complete(prepared))
     except QianfanError as error:
+        note(request, code=error.code)
         return error_response(error, rid, headers=prepared.headers)
+    note_usage(request, answer.get("usage"))
     return json_response(answer, headers=prepared.headers)
 
 
@@ -57,14 +63,18 @@ async def _stream(request: Request, serving, prepared) -> Response:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
+        note(request, code=error.code)
         return error_response(error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:
         try:
+            note_usage(request, first.get("usage"))
             yield sse_event(first)
             async for chunk in chunks:
+                note_usage(request, chunk.get("usage"))
                 yield sse_event(chunk)
         except QianfanError as error:  # after the first chunk, errors travel as a data line
+            note(request, code=error.code)
             yield sse_event(error.body(prepared.request_id))
         finally:
             await chunks.aclose()
