@@ -97,7 +97,7 @@ def delete(
     if as_json:
         print_json({"deleted": deleted})
     else:
-        console.print(f"Deleted {deleted} memor{'y' if deleted == 1 else 'ies'} of user {user_id!r}.")
+        console.print(f"Deleted {deleted} memor{'y' if deleted == 1 else 'ies'} of user {user_id!r}.", highlight=False)
 
 
 def _list_users(service: str | None, app_name: str | None, data_dir, as_json: bool) -> None:
