@@ -59,6 +59,7 @@ def load_moderator(lexicons: list[Path] | None, allow: Path | None, levels: dict
 def reload(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", **env("DATA_DIR"), show_default=False,
                                                      help="The data dir of the running server.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Make the server on this data dir re-read its lexicon and allow-list files (sends it SIGHUP)."""
     data_dir = data_dir_or_default(data_dir)
@@ -72,7 +73,10 @@ def reload(
         fail(f"the server recorded in {pid_path} is not running")
     except PermissionError:
         fail(f"not allowed to signal the server recorded in {pid_path} (another user's?)")
-    console.print(f"asked server {pid} to reload its safety lexicons")
+    if as_json:
+        print_json({"signalled": pid, "data_dir": str(data_dir)})
+    else:
+        console.print(f"asked server {pid} to reload its safety lexicons")
 
 
 @app.command("check")
