@@ -86,12 +86,11 @@ def delete(
 ) -> None:
     """Delete one of a user's memories (--id), or all of them (asks first on a terminal)."""
     with open_store(data_dir) as store:
+        app_id = _app_id(store, app_name)
         if memory_id is None:
             scope = "".join(f" {word} {value}" for word, value in (("in app", app_name), ("in service", service)) if value)
             confirm(f"Delete every memory of user {user_id!r}{scope}?", yes)
-        deleted = memory_store.delete_memories(
-            store, user_id, app_id=_app_id(store, app_name), api_path=service, memory_id=memory_id
-        )
+        deleted = memory_store.delete_memories(store, user_id, app_id=app_id, api_path=service, memory_id=memory_id)
     if memory_id is not None and deleted == 0:
         fail(f"no memory {memory_id} for user {user_id!r}")
     if as_json:

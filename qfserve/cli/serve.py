@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.panel import Panel
 
-from qfserve.cli.common import console, data_dir_or_default, env, fail, open_store, say_database
+from qfserve.cli.common import console, data_dir_or_default, fail, open_store, say_database
 from qfserve.cli.safety import AllowOpt, LevelOpt, LexiconOpt, category_levels, load_moderator
 from qfserve.config import Settings, load_settings, split_paths
 from qfserve.store import apps as app_store
@@ -31,7 +31,7 @@ QUIET_LOGGERS = ("bm25s", "jieba", "httpx", "httpcore", "urllib3", "filelock", "
 
 
 def _env(name: str) -> dict:
-    return env(name)
+    return {"envvar": f"QFSERVE_{name}", "show_envvar": True}
 
 
 def serve(
