@@ -12,6 +12,7 @@ from typing import Callable
 from fastapi import FastAPI
 
 from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
+from qfserve.api.access_log import AccessLogMiddleware
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
@@ -74,7 +75,10 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
-def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None,
+               moderator=None) -> FastAPI:
+    """`moderator`: lexicons already loaded (`qfserve serve` loads them before starting, to fail fast)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
@@ -87,7 +91,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.usage = UsageRecorder(state.store, calendar)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
         state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
-        state.moderator = _moderator(settings)
+        state.moderator = moderator if moderator is not None else _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator,
             memory=_memory(settings, state.store), usage=state.usage,
@@ -115,6 +119,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             pid_file.unlink(missing_ok=True)
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.requests_open = 0  # requests being answered (any route), counted by the access-log middleware
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
     for module in (oauth, chat, console, health):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import JSON_TYPE, error_response
 from qfserve.limits.inflight import InFlightSlot
@@ -39,8 +40,11 @@ def _decode_body(raw: bytes):
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 async def chat(api_path: str, request: Request) -> Response:
     rid = request.state.request_id = request_id()
+    note(request, service=api_path)
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
+    if getattr(request.app.state, "shutting_down", False):
+        raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
     app = await authenticated_app(request)
     body = _decode_body(await request.body())
     # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
@@ -63,12 +67,14 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
     logprobs = prepared.params.logprobs
     if chat_request.stream:
         chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)
-        return await _stream(prepared, chunks, slot)
+        return await _stream(request, prepared, chunks, slot)
     try:
         answer = await _unless_disconnected(
             request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
+        note(request, code=error.code)
         return error_response(error, rid, headers=prepared.headers)
+    note_usage(request, answer.usage)
     return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
 
@@ -87,19 +93,23 @@ class _SlotHoldingStream(StreamingResponse):
             self._slot.release()
 
 
-async def _stream(prepared, chunks, slot: InFlightSlot) -> Response:
+async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Response:
     try:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
+        note(request, code=error.code)
         return error_response(error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:
         try:
+            note_usage(request, first.usage)
             yield sse_event(v1.dump(first))
             async for chunk in chunks:
+                note_usage(request, chunk.usage)  # a client may leave mid-stream: keep the latest
                 yield sse_event(v1.dump(chunk))
         except QianfanError as error:  # after the first chunk, errors travel as a data line
+            note(request, code=error.code)
             yield sse_event(orjson.dumps(error.body(prepared.request_id)))
         finally:
             await chunks.aclose()

@@ -215,4 +215,18 @@ def train(
         "files": files,
     }
     manifest.write_manifest(out, result)
+    _same_mode_everywhere(out)
     return manifest.load_manifest(out)
+
+
+def _same_mode_everywhere(folder: Path) -> None:
+    """Every output file gets the mode a new file gets here (0644 under the usual umask):
+    safetensors writes its file 0600 while the rest follow the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    ours = [folder / manifest.MANIFEST_NAME, folder / manifest.TRAIN_LOG_NAME, folder / manifest.ADAPTER_GGUF_NAME,
+            *(folder / manifest.PEFT_DIR_NAME).glob("*")]
+    for path in ours:
+        if path.is_file():
+            os.chmod(path, mode)

@@ -75,7 +75,7 @@ def test_change_keeps_model_and_adapter_and_checks_values(tmp_path):
     changed = publishing.change(store, "keep", rpm=7, safety="strict")
     assert (changed.adapter, changed.model, changed.profile, changed.rpm, changed.safety) == (
         "/some/adapter", "default", "ERNIE-Lite-8K", 7, "strict")
-    with pytest.raises(publishing.PublishError, match="rpm and tpm must be positive"):
+    with pytest.raises(publishing.PublishError, match="tpm must be a positive integer"):
         publishing.change(store, "keep", tpm=-1)
     with pytest.raises(publishing.PublishError, match="unknown profile"):
         publishing.change(store, "keep", profile="GPT-9")

@@ -81,7 +81,7 @@ def test_sdk_retry_on_336501_eventually_succeeds(server, token):
     try:
         assert refused_once.wait(120), "the SDK was never refused:\n" + "".join(stderr)
         # The operator raises the limit while the SDK is backing off: its next retry gets through.
-        server.cli("service", "publish", "retry", "--model", "default", "--rpm", "100", "--tpm", "1000000", "--replace")
+        server.cli("service", "update", "retry", "--rpm", "100")
         stdout = sdk.stdout.read()
         assert sdk.wait(120) == 0, stdout + "".join(stderr)
     finally:
