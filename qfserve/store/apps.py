@@ -69,10 +69,13 @@ def create_app(store: Store, name: str) -> AppCredentials:
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
+        # Ids are never reused (a deleted app's rate-limit windows and token suffix must not carry over).
+        (last_id,) = conn.execute("SELECT last_id FROM app_id_high_water WHERE id = 1").fetchone()
         conn.execute(
-            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time())),
+            "INSERT INTO apps (id, name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (last_id + 1, name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"],
+             store.secrets.seal(keys["secret_access_key"]), int(time.time())),
         )
     return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
 
@@ -86,7 +89,8 @@ def rotate_app(store: Store, name: str) -> AppCredentials:
             raise AppNotFound(f"no app named {name!r}")
         conn.execute(
             "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ? WHERE id = ?",
-            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], row["id"]),
+            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], store.secrets.seal(keys["secret_access_key"]),
+             row["id"]),
         )
         conn.execute("DELETE FROM tokens WHERE app_id = ?", (row["id"],))
     return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
@@ -122,11 +126,11 @@ def check_client(store: Store, api_key: str, secret_key: str) -> App | None | bo
 
 
 def find_by_access_key(store: Store, access_key: str) -> tuple[App, str] | None:
-    """The app and its Secret Access Key, for verifying a bce-auth-v1 signature."""
+    """The app and its Secret Access Key (decrypted), for verifying a bce-auth-v1 signature."""
     row = store.connection().execute("SELECT * FROM apps WHERE access_key = ?", (access_key,)).fetchone()
     if row is None:
         return None
-    return _row_to_app(row), row["secret_access_key"]
+    return _row_to_app(row), store.secrets.open(row["secret_access_key"])
 
 
 def get_app_by_id(store: Store, app_id: int) -> App | None:

@@ -24,6 +24,7 @@ class Service:
     tpm: int
     safety: str
     created_at: int
+    adapter_sha256: str | None = None  # the adapter GGUF's sha256 pinned at publish
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +48,8 @@ def check_api_path(api_path: str) -> str:
 
 def _row(row) -> Service:
     return Service(
-        row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"], row["created_at"]
+        row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"],
+        row["created_at"], row["adapter_sha256"],
     )
 
 
@@ -62,6 +64,7 @@ def publish_service(
     tpm: int = DEFAULT_TPM,
     safety: str = "default",
     replace: bool = False,
+    adapter_sha256: str | None = None,
 ) -> Service:
     check_api_path(api_path)
     if rpm <= 0 or tpm <= 0:
@@ -74,9 +77,9 @@ def publish_service(
             raise ServiceExists(f"a service is already published at {api_path!r}")
         conn.execute("DELETE FROM services WHERE api_path = ?", (api_path,))
         conn.execute(
-            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (api_path, model, adapter, profile, rpm, tpm, safety, int(time.time())),
+            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, created_at, adapter_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (api_path, model, adapter, profile, rpm, tpm, safety, int(time.time()), adapter_sha256),
         )
     return get_service(store, api_path)
 
