@@ -15,20 +15,32 @@ from qfserve.store import services as service_store
 app = typer.Typer(help="Publish, list and delete chat services.", no_args_is_help=True)
 
 
-def _check_model(model: str) -> str:
+def _models_dir(data_dir: Path, flag: Optional[Path]) -> Optional[Path]:
+    """--models-dir, else QFSERVE_MODELS_DIR, else `models_dir` in the data dir's qfserve.toml: as the server reads it."""
+    from qfserve.config import load_settings
+
+    return load_settings(data_dir=data_dir, models_dir=flag).models_dir
+
+
+def _check_model(model: str, models_dir: Optional[Path]) -> str:
+    """`default`, or the absolute path of an existing GGUF file (inside the models folder when one is set)."""
+    from qfserve.services.engines import resolve_model
+
     if model == "default":
         return model
-    path = Path(model).expanduser().resolve()
-    if not path.is_file():
-        fail(f"model file not found: {model}")
-    return str(path)
+    try:
+        return resolve_model(model, models_dir)
+    except FileNotFoundError as exc:
+        fail(str(exc))
 
 
-def _check_adapter(adapter: Path, model: str) -> str:
-    from qfserve.services.adapters import AdapterError, check_adapter
+def _check_adapter(adapter: Path, model: str, models_dir: Optional[Path]) -> tuple[str, str]:
+    """The adapter folder and its GGUF's sha256, pinned so that a file changed later is refused."""
+    from qfserve.services.adapters import AdapterError, adapter_sha256, check_adapter
 
     try:
-        return check_adapter(adapter, model)
+        folder = check_adapter(adapter, model, models_dir)
+        return folder, adapter_sha256(folder)
     except AdapterError as exc:
         fail(str(exc))
 
@@ -43,6 +55,9 @@ def publish(
     tpm: Annotated[int, typer.Option(help="Tokens per minute per app.")] = service_store.DEFAULT_TPM,
     safety: Annotated[str, typer.Option(help="Content safety policy: off, default or strict.")] = "default",
     replace: Annotated[bool, typer.Option(help="Replace a service already at this address.")] = False,
+    models_dir: Annotated[Optional[Path], typer.Option(
+        help="Refuse model files outside this folder (relative --model paths are taken from it).",
+        envvar="QFSERVE_MODELS_DIR", show_envvar=True)] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     as_json: JsonFlag = False,
 ) -> None:
@@ -52,13 +67,14 @@ def publish(
         get_profile(profile)
     except ValueError as exc:
         fail(str(exc))
-    model = _check_model(model)
-    adapter_dir = _check_adapter(adapter, model) if adapter is not None else None
+    folder = _models_dir(data_dir, models_dir)
+    model = _check_model(model, folder)
+    adapter_dir, adapter_hash = _check_adapter(adapter, model, folder) if adapter is not None else (None, None)
     with open_store(data_dir) as store:
         try:
             service = service_store.publish_service(
                 store, api_path, model=model, adapter=adapter_dir, profile=profile,
-                rpm=rpm, tpm=tpm, safety=safety, replace=replace,
+                rpm=rpm, tpm=tpm, safety=safety, replace=replace, adapter_sha256=adapter_hash,
             )
         except (ValueError, service_store.ServiceExists) as exc:
             fail(str(exc))
