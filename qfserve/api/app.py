@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -10,7 +11,9 @@ from typing import Callable
 from fastapi import FastAPI
 
 from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api.bodies import BodyLimits, BoundedBodyMiddleware
 from qfserve.api.errors import install_error_handlers
+from qfserve.auth.replay import make_seen_signatures
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
@@ -19,6 +22,7 @@ from qfserve.engine.base import Engine
 from qfserve.limits import make_limiter
 from qfserve.services.engines import EngineRegistry
 from qfserve.store import services as service_store
+from qfserve.store import tokens as token_store
 from qfserve.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,18 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
+async def _purge_expired_tokens(store: Store, interval: float) -> None:
+    """Delete expired access tokens now and then every `interval` seconds, for the server's life."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(token_store.purge_expired, store)
+            if purged:
+                log.info("purged %d expired access tokens", purged)
+        except Exception as exc:  # a busy database must not end the schedule
+            log.warning("purging expired access tokens failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -76,7 +92,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.store = Store(settings.data_dir)
         state.limiter = make_limiter(settings.limiter, settings.redis_url)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
-        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
+        state.seen_signatures = make_seen_signatures(settings.redis_url) if settings.reject_replayed_signatures else None
+        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings), models_dir=settings.models_dir)
         state.moderator = _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, ctx_per_seq=settings.ctx_per_seq,
@@ -91,18 +108,27 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
                 await state.engines.get(model)
             except (FileNotFoundError, ValueError) as exc:
                 log.error("cannot load model %s: %s", model, exc)
+        purge = asyncio.create_task(_purge_expired_tokens(state.store, settings.token_purge_interval))
         try:
             yield
         finally:
             state.shutting_down = True
+            purge.cancel()
             await state.serving.drain()
             await state.engines.close()
             await state.limiter.close()
+            if state.seen_signatures is not None:
+                await state.seen_signatures.close()
             state.store.close()
             pid_file.unlink(missing_ok=True)
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    app.add_middleware(
+        BoundedBodyMiddleware,
+        limits=BodyLimits(chat=settings.max_chat_body, token=settings.max_token_body, other=settings.max_small_body),
+        timeout=settings.body_timeout,
+    )
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)

@@ -25,12 +25,20 @@ def sse_event(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _decode_body(raw: bytes):
+# Bodies above this are decoded in a worker thread, so a large one doesn't hold the event loop.
+INLINE_DECODE_BYTES = 64 * 1024
+
+
+def _decode(raw: bytes):
     # Any Content-Type: the seed's curl example sends a form type with a JSON body.
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise QianfanError(Code.INVALID_JSON) from None
+
+
+async def _decode_body(raw: bytes):
+    return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode, raw)
 
 
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
@@ -39,7 +47,7 @@ async def chat(api_path: str, request: Request) -> Response:
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
     app = await authenticated_app(request)
-    body = _decode_body(await request.body())
+    body = await _decode_body(await request.body())
     serving = request.app.state.serving
     prepared = await serving.prepare(app, api_path, body, rid)
     if prepared.request.stream:

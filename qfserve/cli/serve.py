@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 import typer
 from rich.panel import Panel
 
-from qfserve.cli.common import console, open_store
+from pydantic import ValidationError
+
+from qfserve.cli.common import console, fail, open_store
 from qfserve.config import Settings, load_settings
 from qfserve.store import apps as app_store
 from qfserve.store import services as service_store
@@ -42,30 +44,36 @@ def serve(
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. Default: info.", **_env("LOG_LEVEL"))] = None,
     log_json: Annotated[Optional[bool], typer.Option("--log-json/--log-text", help="Log as JSON lines.", **_env("LOG_JSON"))] = None,
     demo: Annotated[bool, typer.Option(help="On an empty data dir, create a demo app and service; print how to call them.")] = False,
+    # security (issue 16); more settings (body limits, timeouts) in SECURITY.md
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address or network of a reverse proxy whose X-Forwarded-For is believed; repeatable. Env: QFSERVE_TRUSTED_PROXIES (comma-separated). Default: none.")] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="Base URL clients reach this server at, used in the service list. Default: http://HOST:PORT.", **_env("PUBLIC_URL"))] = None,
+    metrics_token: Annotated[Optional[str], typer.Option(help="Bearer token /metrics requires. Unset: /metrics answers loopback clients only.", **_env("METRICS_TOKEN"))] = None,
+    models_dir: Annotated[Optional[Path], typer.Option(help="Serve only model files inside this folder.", **_env("MODELS_DIR"))] = None,
 ) -> None:
     """Serve every published service over Qianfan's v1 chat API.
 
     Settings come from flags, then QFSERVE_* environment variables, then qfserve.toml in the data
     dir, then defaults. SIGTERM stops admitting, lets running answers finish, then exits.
     """
-    settings = load_settings(
-        host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
-        queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
-        safety_allow=safety_allow, log_level=log_level, log_json=log_json,
-        safety_category_levels=_category_levels(safety_level),
-    )
+    try:
+        settings = load_settings(
+            host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
+            queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
+            safety_allow=safety_allow, log_level=log_level, log_json=log_json,
+            safety_category_levels=_category_levels(safety_level),
+            trusted_proxies=trusted_proxy, public_url=public_url, metrics_token=metrics_token, models_dir=models_dir,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     _configure_logging(settings)
     if demo:
         _ensure_demo(settings)
     import uvicorn
 
     from qfserve.api.app import create_app
+    from qfserve.api.http_server import uvicorn_config
 
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None,
-        log_level=settings.log_level, timeout_graceful_shutdown=30, access_log=False,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 def _category_levels(specs: list[str] | None) -> dict[str, int] | None:

@@ -23,6 +23,8 @@ from qfserve.protocol.errors import (
 MAX_STOP_ITEMS = 4
 MAX_STOP_CHARS = 20
 MAX_TOP_LOGPROBS = 20
+# An end user's id is an identifier, not text: it keys stored memories and is logged.
+MAX_USER_ID_CHARS = 128
 
 
 class Message(BaseModel):
@@ -58,8 +60,12 @@ class ChatRequest(BaseModel):
     user_id: str | None = None
 
     def input_chars(self) -> int:
-        """Characters counted against the profile's limit: system plus every message content."""
-        return len(self.system or "") + sum(len(m.content) for m in self.messages)
+        """Characters counted against the profile's limit: system, user_setting and every message content.
+
+        `user_setting` counts because it is caller text that is moderated and may reach the prompt;
+        left out, it was an unbounded field (only the body size capped it).
+        """
+        return len(self.system or "") + len(self.user_setting or "") + sum(len(m.content) for m in self.messages)
 
 
 def _invalid_type(name: str) -> QianfanError:
@@ -103,6 +109,12 @@ def _string(body: dict, name: str) -> str | None:
     if not isinstance(value, str):
         raise _invalid_type(name)
     return value
+
+
+def check_user_id(user_id: str | None) -> str | None:
+    if user_id is not None and len(user_id) > MAX_USER_ID_CHARS:
+        raise out_of_range(f"the length of user_id can not exceed {MAX_USER_ID_CHARS} characters")
+    return user_id
 
 
 def _closed(name: str, value: float | None, low: float, high: float, shown: str) -> None:
@@ -152,6 +164,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     for name in ("system", "user_setting", "user_id"):
         if (value := _string(body, name)) is not None:
             fields[name] = value
+    check_user_id(fields.get("user_id"))
 
     temperature = _number(body, "temperature")
     if temperature is not None and not (0.0 < temperature <= 1.0):
