@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import error_response, json_response
+from qfserve.protocol.chat import parse_chat_body
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -37,8 +38,14 @@ def _decode(raw: bytes):
         raise QianfanError(Code.INVALID_JSON) from None
 
 
+def _decode_and_parse(raw: bytes):
+    return parse_chat_body(_decode(raw))
+
+
 async def _decode_body(raw: bytes):
-    return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode, raw)
+    """The decoded body; a large one is decoded and validated in a worker thread (a 4 MB body may hold
+    100,000 messages), handing serving a ChatRequest or the error it found (DeferredChatError)."""
+    return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode_and_parse, raw)
 
 
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])

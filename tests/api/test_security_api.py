@@ -119,6 +119,24 @@ def test_default_chat_limit_fits_the_largest_profile_escaped(world):
         assert answer["error_code"] == 336007  # read, parsed and judged on its characters, not refused as bytes
 
 
+def test_large_bodies_parsed_ahead_keep_the_error_order(world):
+    """Over 64 KiB a body is decoded and validated in a thread; its errors still come in their place."""
+    data_dir, _, token = world
+    many = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 5000
+    wrong_roles = orjson.dumps({"messages": many + [{"role": "assistant", "content": "c"}]})
+    good = orjson.dumps({"messages": many + [{"role": "user", "content": "c"}], "stream": False})
+    assert len(wrong_roles) > 64 * 1024
+    with client_for(data_dir) as client:
+        nowhere = client.post(f"/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/nosuch?access_token={token}",
+                              content=wrong_roles).json()
+        assert nowhere["error_code"] == 336005  # the service is checked before the body
+        answer = client.post(f"{CHAT}?access_token={token}", content=wrong_roles).json()
+        assert answer["error_code"] == 336006
+        # valid: it goes on to tokenization (10001 turns are more than 8K tokens)
+        assert client.post(f"{CHAT}?access_token={token}", content=good).json()["error_code"] == 336103
+        assert client.post(f"{CHAT}?access_token={token}", content=b"{" * 70_000).json()["error_code"] == 336002
+
+
 def test_other_routes_have_a_small_limit(world):
     data_dir, _, token = world
     with client_for(data_dir) as client:
