@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from qfserve.api.deps import authenticated_app
+from qfserve.api.deps import authenticated_app, release_signature
 from qfserve.api.errors import error_response, json_response
 from qfserve.protocol.chat import parse_chat_body
 from qfserve.protocol.errors import Code, QianfanError
@@ -62,6 +62,7 @@ async def chat(api_path: str, request: Request) -> Response:
     try:
         answer = await _unless_disconnected(request, serving.complete(prepared))
     except QianfanError as error:
+        await release_signature(request, error)
         return error_response(error, rid, headers=prepared.headers)
     return json_response(answer, headers=prepared.headers)
 
@@ -72,6 +73,7 @@ async def _stream(request: Request, serving, prepared) -> Response:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
+        await release_signature(request, error)
         return error_response(error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ import time
 from fastapi import Request
 
 from qfserve.auth import bce
-from qfserve.protocol.errors import Code, QianfanError
+from qfserve.protocol.errors import SDK_RETRIED_CODES, Code, QianfanError
 from qfserve.store import tokens as token_store
 from qfserve.store.apps import App
 
@@ -89,7 +89,20 @@ async def _verify_signature(request: Request) -> App:
         body=body,
     )
     seen = getattr(state, "seen_signatures", None)
-    if seen is not None and not await seen.first_use(auth.access_key + "/" + auth.signature,
-                                                     bce.replay_window(auth, now, settings.signature_clock_skew)):
-        raise QianfanError(Code.IAM_FAILED)  # a replayed signature
+    if seen is not None:
+        key = auth.access_key + "/" + auth.signature
+        if not await seen.first_use(key, bce.replay_window(auth, now, settings.signature_clock_skew)):
+            raise QianfanError(Code.IAM_FAILED)  # a replayed signature
+        request.state.signature_key = key
     return app
+
+
+async def release_signature(request: Request, error: QianfanError) -> None:
+    """After a refusal the SDK retries by resending the request (2, 18, 336100, 336501, ...), which
+    may be byte for byte the same signed request when its backoff is under a second: let its
+    signature be used once more. A refused request did nothing, so a replay of it gains nothing."""
+    key = getattr(request.state, "signature_key", None)
+    seen = getattr(request.app.state, "seen_signatures", None)
+    if key is not None and seen is not None and error.code in SDK_RETRIED_CODES:
+        request.state.signature_key = None
+        await seen.forget(key)

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from qfserve import metrics
+from qfserve.api.deps import release_signature
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -39,6 +40,7 @@ def _rid(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QianfanError)
     async def _qianfan(request: Request, exc: QianfanError) -> Response:
+        await release_signature(request, exc)
         return error_response(exc, _rid(request))
 
     @app.exception_handler(OAuthError)

@@ -24,6 +24,11 @@ class SeenSignatures(abc.ABC):
     async def first_use(self, key: str, ttl: int) -> bool:
         """Remember `key` for `ttl` seconds; False if it was already remembered."""
 
+    @abc.abstractmethod
+    async def forget(self, key: str) -> None:
+        """Accept `key` once more: its request was refused before doing anything, with a code the
+        client retries by resending it (possibly within the same second, so byte for byte)."""
+
     async def close(self) -> None:
         return None
 
@@ -50,6 +55,10 @@ class LocalSeenSignatures(SeenSignatures):
             if len(self._expiry) > self.max_entries:
                 self._prune(now)
         return True
+
+    async def forget(self, key: str) -> None:
+        with self._lock:
+            self._expiry.pop(key, None)
 
     def _prune(self, now: float) -> None:
         for key in [k for k, expires in self._expiry.items() if expires <= now]:
@@ -81,6 +90,14 @@ class RedisSeenSignatures(SeenSignatures):
             # Fail closed with the retryable code, as the Redis rate limiter does.
             log.warning("seen-signature cache: redis unavailable: %s", exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from exc
+
+    async def forget(self, key: str) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._client.delete(f"{self._prefix}:{key}")
+        except RedisError as exc:  # the retry is then refused 14: logged, not fatal
+            log.warning("seen-signature cache: redis unavailable: %s", exc)
 
     async def close(self) -> None:
         close = getattr(self._client, "aclose", None) or self._client.close

@@ -25,6 +25,14 @@ async def test_a_key_is_good_once_until_it_expires():
     assert await seen.first_use("ak/sig", 300)  # expired: its signature is refused by its age anyway
 
 
+async def test_forget_accepts_a_key_once_more():
+    seen = LocalSeenSignatures(clock=Clock())
+    assert await seen.first_use("ak/sig", 300)
+    await seen.forget("ak/sig")
+    assert await seen.first_use("ak/sig", 300)
+    assert not await seen.first_use("ak/sig", 300)
+
+
 async def test_memory_bounded_expired_first():
     clock = Clock()
     seen = LocalSeenSignatures(max_entries=10, clock=clock)

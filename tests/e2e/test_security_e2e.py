@@ -135,7 +135,8 @@ def signed_headers(server, path: str, body: bytes, *, signed, extra: dict | None
     headers = {"Host": host, "Content-Type": "application/json", "x-bce-date": format_timestamp(time.time()),
                "x-bce-request-id": uuid.uuid4().hex, **(extra or {})}
     headers["Authorization"] = sign(server.creds["access_key"], server.creds["secret_access_key"], "POST", path,
-                                    [], headers, timestamp=time.time(), expiration=300, signed_headers=list(signed))
+                                    [], headers, timestamp=time.time(), expiration=300,
+                                    signed_headers=[*signed, "x-bce-request-id"])
     return headers
 
 
@@ -174,6 +175,22 @@ def test_signature_is_good_once(secure_server):
     headers = signed_headers(secure_server, path, body, signed=("host", "content-type", "x-bce-date"))
     assert post(secure_server, path, body, headers)["error_code"] == 336005
     assert post(secure_server, path, body, headers)["error_code"] == 14  # the same signed request, replayed
+
+
+def test_a_refused_signed_request_may_be_resent_as_is(secure_server):
+    """The SDK retries 336501 by resending the request; with a backoff under a second that is the same
+    signed request byte for byte. A refusal that did nothing releases the signature; success uses it."""
+    secure_server.cli("service", "publish", "once", "--model", "default", "--rpm", "1")
+    token = secure_server.token()
+    used = requests.post(secure_server.chat_url("once"), params={"access_token": token},
+                         json={"messages": HELLO, "max_output_tokens": 2}, timeout=120).json()
+    assert "error_code" not in used  # the one request of this minute
+    path, body = CHAT.format("once"), json.dumps({"messages": HELLO, "max_output_tokens": 2}).encode()
+    headers = signed_headers(secure_server, path, body, signed=("host", "content-type", "x-bce-date"))
+    assert [post(secure_server, path, body, headers)["error_code"] for _ in range(2)] == [336501, 336501]
+    secure_server.cli("service", "publish", "once", "--model", "default", "--rpm", "100", "--replace")
+    assert "error_code" not in post(secure_server, path, body, headers)
+    assert post(secure_server, path, body, headers)["error_code"] == 14  # served once: now a replay
 
 
 # --- control tokens --------------------------------------------------------------------------------
