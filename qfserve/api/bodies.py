@@ -26,6 +26,7 @@ from qfserve.protocol.errors import Code, OAuthError, QianfanError
 
 TOKEN_PATH = "/oauth/2.0/token"
 CHAT_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
+V2_CHAT_PATH = "/v2/chat/completions"  # not served yet; chat-sized when it is (its oversize shape is v1's)
 CLOSE = {"Connection": "close"}
 
 
@@ -43,7 +44,7 @@ class BodyLimits:
         self.other = other
 
     def for_path(self, path: str) -> int:
-        if path.startswith(CHAT_PREFIX):
+        if path.startswith(CHAT_PREFIX) or path == V2_CHAT_PATH:
             return self.chat
         if path == TOKEN_PATH:
             return self.token

@@ -257,3 +257,13 @@ def test_expired_tokens_are_purged_on_a_schedule(world):
     assert tokens.lookup_token(store, old) is None
     assert tokens.lookup_token(store, token) is not None
     store.close()
+
+
+def test_limits_by_route():
+    from qfserve.api.bodies import BodyLimits
+
+    limits = BodyLimits(chat=3, token=2, other=1)
+    assert limits.for_path("/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/x") == 3
+    assert limits.for_path("/v2/chat/completions") == 3
+    assert limits.for_path("/oauth/2.0/token") == 2
+    assert limits.for_path("/qfserve/v1/memory/list") == limits.for_path("/anything") == 1
