@@ -108,6 +108,9 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
                 await state.engines.get(model)
             except (FileNotFoundError, ValueError) as exc:
                 log.error("cannot load model %s: %s", model, exc)
+        if not settings.public_url and settings.host in ("0.0.0.0", "::", ""):
+            log.warning("listening on all addresses without --public-url: the service list names "
+                        "http://%s:%d; set QFSERVE_PUBLIC_URL to the address clients use", settings.host, settings.port)
         purge = asyncio.create_task(_purge_expired_tokens(state.store, settings.token_purge_interval))
         try:
             yield
