@@ -13,7 +13,9 @@ from fastapi import FastAPI
 
 from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
 from qfserve.api.access_log import AccessLogMiddleware
+from qfserve.api.bodies import BodyLimits, BoundedBodyMiddleware
 from qfserve.api.errors import install_error_handlers
+from qfserve.auth.replay import make_seen_signatures
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
@@ -25,6 +27,7 @@ from qfserve.limits.inflight import InFlightLimit
 from qfserve.limits.usage import UsageRecorder
 from qfserve.services.engines import EngineRegistry
 from qfserve.store import services as service_store
+from qfserve.store import tokens as token_store
 from qfserve.store import usage as usage_store
 from qfserve.store.db import Store
 
@@ -75,6 +78,18 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
+async def _purge_expired_tokens(store: Store, interval: float) -> None:
+    """Delete expired access tokens now and then every `interval` seconds, for the server's life."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(token_store.purge_expired, store)
+            if purged:
+                log.info("purged %d expired access tokens", purged)
+        except Exception as exc:  # a busy database must not end the schedule
+            log.warning("purging expired access tokens failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None,
                moderator=None) -> FastAPI:
     """`moderator`: lexicons already loaded (`qfserve serve` loads them before starting, to fail fast)."""
@@ -90,7 +105,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.in_flight = InFlightLimit(settings.max_in_flight)
         state.usage = UsageRecorder(state.store, calendar)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
-        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
+        state.seen_signatures = make_seen_signatures(settings.redis_url) if settings.reject_replayed_signatures else None
+        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings), models_dir=settings.models_dir)
         state.moderator = moderator if moderator is not None else _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator,
@@ -106,15 +122,22 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
                 await state.engines.get(model)
             except (FileNotFoundError, ValueError) as exc:
                 log.error("cannot load model %s: %s", model, exc)
+        if not settings.public_url and settings.host in ("0.0.0.0", "::", ""):
+            log.warning("listening on all addresses without --public-url: the service list names "
+                        "http://%s:%d; set QFSERVE_PUBLIC_URL to the address clients use", settings.host, settings.port)
+        purge = asyncio.create_task(_purge_expired_tokens(state.store, settings.token_purge_interval))
         try:
             yield
         finally:
             state.shutting_down = True
             await asyncio.to_thread(state.console_jobs.close)
+            purge.cancel()
             await state.serving.drain()
             await state.usage.close()
             await state.engines.close()
             await state.limiter.close()
+            if state.seen_signatures is not None:
+                await state.seen_signatures.close()
             state.store.close()
             pid_file.unlink(missing_ok=True)
 
@@ -122,6 +145,12 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     app.state.requests_open = 0  # requests being answered (any route), counted by the access-log middleware
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
+    app.add_middleware(
+        BoundedBodyMiddleware,
+        limits=BodyLimits(chat=settings.max_chat_body, token=settings.max_token_body, other=settings.max_small_body,
+                          upload=settings.max_upload_body),
+        timeout=settings.body_timeout,
+    )
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)

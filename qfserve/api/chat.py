@@ -11,10 +11,10 @@ from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
-from qfserve.api.errors import JSON_TYPE, error_response
+from qfserve.api.errors import JSON_TYPE, refusal
 from qfserve.limits.inflight import InFlightSlot
 from qfserve.protocol import v1
-from qfserve.protocol.chat import parse_chat_request
+from qfserve.protocol.chat import parse_chat_body, parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -29,12 +29,26 @@ def sse_event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def _decode_body(raw: bytes):
+# Bodies above this are decoded in a worker thread, so a large one doesn't hold the event loop.
+INLINE_DECODE_BYTES = 64 * 1024
+
+
+def _decode(raw: bytes):
     # Any Content-Type: the seed's curl example sends a form type with a JSON body.
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise QianfanError(Code.INVALID_JSON) from None
+
+
+def _decode_and_parse(raw: bytes):
+    return parse_chat_body(_decode(raw))
+
+
+async def _decode_body(raw: bytes):
+    """The decoded body; a large one is decoded and validated in a worker thread (a 4 MB body may hold
+    100,000 messages), handing serving a ChatRequest or the error it found (DeferredChatError)."""
+    return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode_and_parse, raw)
 
 
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
@@ -46,7 +60,7 @@ async def chat(api_path: str, request: Request) -> Response:
     if getattr(request.app.state, "shutting_down", False):
         raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
     app = await authenticated_app(request)
-    body = _decode_body(await request.body())
+    body = await _decode_body(await request.body())
     # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
     slot = request.app.state.in_flight.acquire()
     streaming = False
@@ -72,8 +86,7 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
         answer = await _unless_disconnected(
             request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
-        note(request, code=error.code)
-        return error_response(error, rid, headers=prepared.headers)
+        return await refusal(request, error, rid, headers=prepared.headers)
     note_usage(request, answer.usage)
     return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
@@ -98,8 +111,7 @@ async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Res
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
-        note(request, code=error.code)
-        return error_response(error, prepared.request_id, headers=prepared.headers)
+        return await refusal(request, error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:
         try:

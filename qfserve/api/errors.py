@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from qfserve import metrics
 from qfserve.api.access_log import note
+from qfserve.api.deps import release_signature
 from qfserve.limits.base import LimitRefused
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
@@ -39,6 +40,15 @@ def error_response(error: QianfanError, rid: str | None = None, headers: dict | 
     return json_response(error.body(rid or request_id()), headers=headers)
 
 
+async def refusal(request: Request, error: QianfanError, rid: str | None = None,
+                  headers: dict | None = None) -> Response:
+    """A request refused with `error`: noted for the access log, its signature released when the
+    SDK will resend it, and answered with the wire body."""
+    note(request, code=error.code)
+    await release_signature(request, error)
+    return error_response(error, rid or _rid(request), headers=headers)
+
+
 def _rid(request: Request) -> str:
     return getattr(request.state, "request_id", None) or request_id()
 
@@ -46,8 +56,7 @@ def _rid(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QianfanError)
     async def _qianfan(request: Request, exc: QianfanError) -> Response:
-        note(request, code=exc.code)
-        return error_response(exc, _rid(request))
+        return await refusal(request, exc)
 
     @app.exception_handler(OAuthError)
     async def _oauth(request: Request, exc: OAuthError) -> Response:

@@ -152,7 +152,7 @@ class ChatServing:
         except EngineUnavailable:
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
-        adapter = self._adapter_path(service)
+        adapter = await self._adapter_path(service)
         system = await self._system_prompt(app, service, request)
         messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content} for m in request.messages]
         prompt_ids = await engine.chat_tokens(messages, system)
@@ -202,11 +202,13 @@ class ChatServing:
             log.error("service %s: model unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
-    def _adapter_path(self, service: Service) -> str | None:
+    async def _adapter_path(self, service: Service) -> str | None:
+        """The adapter file to load, if it is still the one pinned at publish (the first check of a
+        file hashes it: in a thread)."""
         if not service.adapter:
             return None
         try:
-            return adapter_gguf(service.adapter)
+            return await asyncio.to_thread(adapter_gguf, service.adapter, service.adapter_sha256)
         except (OSError, ValueError) as exc:
             log.error("service %s: adapter unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None

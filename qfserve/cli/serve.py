@@ -70,6 +70,11 @@ def serve(
         **_env("DRAIN_SECONDS"))] = None,
     demo: Annotated[bool, typer.Option(help="On an empty data dir, create a demo app and service; print how to call them.",
                                        **_env("DEMO"))] = False,
+    # security (issue 16); more settings (body limits, timeouts) in SECURITY.md
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address or network of a reverse proxy whose X-Forwarded-For is believed; repeatable. Env: QFSERVE_TRUSTED_PROXIES (comma-separated). Default: none.")] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="Base URL clients reach this server at, used in the service list. Default: http://HOST:PORT.", **_env("PUBLIC_URL"))] = None,
+    metrics_token: Annotated[Optional[str], typer.Option(help="Bearer token /metrics requires. Unset: /metrics answers loopback clients only.", **_env("METRICS_TOKEN"))] = None,
+    models_dir: Annotated[Optional[Path], typer.Option(help="Serve only model files inside this folder.", **_env("MODELS_DIR"))] = None,
 ) -> None:
     """Serve every published service over Qianfan's v1 chat API.
 
@@ -84,7 +89,8 @@ def serve(
             quota_timezone=quota_timezone,
             safety_lexicon=split_paths(safety_lexicon or []), safety_allow=safety_allow, log_level=log_level,
             log_json=log_json, safety_category_levels=category_levels(safety_level), access_log=access_log,
-            drain_seconds=drain_seconds,
+            drain_seconds=drain_seconds, trusted_proxies=trusted_proxy, public_url=public_url,
+            metrics_token=metrics_token, models_dir=models_dir,
         )
     except ValueError as exc:  # pydantic's ValidationError: a bad value in the flags, environment or toml
         fail(f"bad setting: {_first_error(exc)}")
@@ -105,13 +111,12 @@ def serve(
 
     from qfserve.api.app import create_app
     from qfserve.api.draining import DrainingServer
+    from qfserve.api.http_server import uvicorn_config
 
     web_app = create_app(settings, moderator=moderator)
     # The drain (--drain-seconds) comes first; uvicorn's own grace then only closes what is left.
-    config = uvicorn.Config(
-        web_app, host=settings.host, port=settings.port, log_config=None,
-        log_level=settings.log_level, timeout_graceful_shutdown=1, access_log=False,
-    )
+    config = uvicorn_config(web_app, settings)
+    config.timeout_graceful_shutdown = 1
     DrainingServer(config, web_app, settings.drain_seconds).run()
 
 

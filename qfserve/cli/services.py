@@ -22,6 +22,9 @@ ProfileHelp = f"Limits profile: {', '.join(PROFILES)}."
 SafetyHelp = "Content safety policy: off, default or strict (needs lexicons on `serve`)."
 TopKHelp = "Sample from the K most likely tokens only (0: off). Default: the engine's (40)."
 MinPHelp = "Drop tokens below P × the top token's probability, 0-1 (0: off). Default: the engine's (0.05)."
+ModelsDir = Annotated[Optional[Path], typer.Option(
+    help="Refuse model files outside this folder (relative --model paths are taken from it). "
+         "Default: the server's (qfserve.toml).", envvar="QFSERVE_MODELS_DIR", show_envvar=True)]
 
 
 def _engine_default(value: str | None, parse, name: str):
@@ -41,6 +44,13 @@ def _summary(s: Service) -> str:
             + f", {s.profile}, {s.rpm} RPM, {s.tpm} TPM, safety {s.safety}{sampling}")
 
 
+def _models_dir(data_dir: Path, flag: Optional[Path]) -> Optional[Path]:
+    """--models-dir, else QFSERVE_MODELS_DIR, else `models_dir` in the data dir's qfserve.toml: as the server reads it."""
+    from qfserve.config import load_settings
+
+    return load_settings(data_dir=data_dir, models_dir=flag).models_dir
+
+
 @app.command("publish")
 def publish(
     api_path: Annotated[Optional[str], typer.Argument(
@@ -58,6 +68,7 @@ def publish(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help=TopKHelp, show_default=False)] = None,
     min_p: Annotated[Optional[float], typer.Option("--min-p", help=MinPHelp, show_default=False)] = None,
     replace: Annotated[bool, typer.Option(hidden=True)] = False,
+    models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -86,6 +97,7 @@ def publish(
             service = publishing.publish(
                 store, api_path, model=model, adapter=adapter, profile=profile or DEFAULT_PROFILE,
                 rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset,
+                models_dir=_models_dir(store.data_dir, models_dir),
             )
         except publishing.PublishError as exc:
             fail(str(exc))
@@ -110,6 +122,7 @@ def update(
                                                  help=TopKHelp + " `default` goes back to it.")] = None,
     min_p: Annotated[Optional[str], typer.Option("--min-p", metavar="P|default",
                                                  help=MinPHelp + " `default` goes back to it.")] = None,
+    models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -130,7 +143,8 @@ def update(
              "--safety, --top-k, --min-p")
     with open_store(data_dir) as store:
         try:
-            service = publishing.update(store, api_path, **changes)
+            service = publishing.update(store, api_path, models_dir=_models_dir(store.data_dir, models_dir),
+                                        **changes)
         except publishing.PublishError as exc:
             fail(str(exc))
     if as_json:

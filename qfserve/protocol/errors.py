@@ -59,6 +59,9 @@ MESSAGES: dict[Code, str] = {
     Code.RATE_LIMIT_TPM: "Rate limit reached for TPM",
 }
 
+# The codes the official SDK retries (with backoff) by resending the same request (qianfan-wire.md §3).
+SDK_RETRIED_CODES = frozenset({2, 15, 18, 336100, 336501, 336502})
+
 MSG_ODD_LENGTH = "the length of messages must be an odd number"
 MSG_ODD_ROLE = "the role of message with odd index in the messages must be assistant"
 MSG_EVEN_ROLE = "the role of message with even index in the messages must be user or function"

@@ -84,11 +84,13 @@ def create_app(store: Store, name: str, *, qps: int = 0, daily_requests: int = 0
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
+        # Ids are never reused (a deleted app's rate-limit windows and token suffix must not carry over).
+        (last_id,) = conn.execute("SELECT last_id FROM app_id_high_water WHERE id = 1").fetchone()
         conn.execute(
-            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at,"
-            " qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time()),
-             qps, daily_requests),
+            "INSERT INTO apps (id, name, api_key, secret_key_hash, access_key, secret_access_key, created_at,"
+            " qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (last_id + 1, name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"],
+             store.secrets.seal(keys["secret_access_key"]), int(time.time()), qps, daily_requests),
         )
     return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
 
@@ -142,7 +144,8 @@ def rotate_app(store: Store, name: str, grace: int = 0, now: float | None = None
                          (until, row["id"], until))
         conn.execute(
             "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ? WHERE id = ?",
-            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], row["id"]),
+            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], store.secrets.seal(keys["secret_access_key"]),
+             row["id"]),
         )
     return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], until)
 
@@ -193,16 +196,16 @@ def check_client(store: Store, api_key: str, secret_key: str, now: float | None 
 
 
 def find_by_access_key(store: Store, access_key: str, now: float | None = None) -> tuple[App, str] | None:
-    """The app and its Secret Access Key, for verifying a bce-auth-v1 signature (a pair retired by
-    `app rotate` is found during its grace period)."""
+    """The app and its Secret Access Key (decrypted), for verifying a bce-auth-v1 signature (a pair
+    retired by `app rotate` is found during its grace period)."""
     row = store.connection().execute("SELECT * FROM apps WHERE access_key = ?", (access_key,)).fetchone()
     if row is not None:
-        return _row_to_app(row), row["secret_access_key"]
+        return _row_to_app(row), store.secrets.open(row["secret_access_key"])
     old = _retired(store, "access_key", access_key, now)
     if old is None:
         return None
     app = get_app_by_id(store, old["app_id"])
-    return (replace(app, retiring_at=old["valid_until"]), old["secret_access_key"]) if app else None
+    return (replace(app, retiring_at=old["valid_until"]), store.secrets.open(old["secret_access_key"])) if app else None
 
 
 def get_app_by_id(store: Store, app_id: int) -> App | None:

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from qfserve.store.secret_box import SecretBox, is_sealed, load_secret_box
+
 DB_NAME = "qfserve.db"
 
 
@@ -33,7 +35,8 @@ class Store:
 
     def __init__(self, data_dir: str | os.PathLike):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)  # the database and the secret key live here: owner only
         self.path = self.data_dir / DB_NAME
         if not self.path.exists():
             # Create the file owner-only before SQLite opens it: it holds secrets.
@@ -41,6 +44,7 @@ class Store:
         os.chmod(self.path, 0o600)
         self._local = threading.local()
         self.migrate()
+        self.secrets = self._open_secrets()
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -50,6 +54,8 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows (a rotated secret, a revoked token) are zeroed, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
             self._local.conn = conn
         return conn
 
@@ -83,6 +89,17 @@ class Store:
             if side.exists():
                 os.chmod(side, 0o600)
         return current
+
+    def _open_secrets(self) -> SecretBox:
+        """The box for secrets at rest; seals any plaintext ones left from before encryption."""
+        conn = self.connection()
+        rows = conn.execute("SELECT id, secret_access_key FROM apps").fetchall()
+        box = load_secret_box(self.data_dir, sealed_rows_exist=any(is_sealed(r[1]) for r in rows))
+        plain = [(box.seal(r[1]), r[0]) for r in rows if not is_sealed(r[1])]
+        if plain:
+            with self.transaction() as tx:
+                tx.executemany("UPDATE apps SET secret_access_key = ? WHERE id = ?", plain)
+        return box
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -17,7 +17,7 @@ DEFAULT_RPM = 300
 DEFAULT_TPM = 300000
 SAFETY_POLICIES = ("off", "default", "strict")
 # What `update_service` may change; anything else is not a setting.
-SETTINGS = ("model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
+SETTINGS = ("model", "adapter", "adapter_sha256", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Service:
     created_at: int
     top_k: int | None = None    # None: the engine's default; 0: off
     min_p: float | None = None  # None: the engine's default; 0.0: off
+    adapter_sha256: str | None = None  # the adapter GGUF's sha256 pinned at publish
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +72,7 @@ def check_settings(*, rpm=None, tpm=None, safety=None, top_k=None, min_p=None) -
 def _row(row) -> Service:
     return Service(
         row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"],
-        row["created_at"], row["top_k"], row["min_p"],
+        row["created_at"], row["top_k"], row["min_p"], row["adapter_sha256"],
     )
 
 
@@ -88,6 +89,7 @@ def publish_service(
     top_k: int | None = None,
     min_p: float | None = None,
     preset: bool = False,
+    adapter_sha256: str | None = None,
 ) -> Service:
     """A new service; an address already taken raises ServiceExists (change it with update_service)."""
     check_api_path(api_path, preset=preset)
@@ -99,10 +101,10 @@ def publish_service(
                 f"`qfserve service update {api_path} …`, or `qfserve service delete {api_path}` first"
             )
         conn.execute(
-            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, top_k, min_p, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, top_k, min_p, created_at,"
+            " adapter_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (api_path, model, adapter, profile, rpm, tpm, safety, top_k,
-             None if min_p is None else float(min_p), int(time.time())),
+             None if min_p is None else float(min_p), int(time.time()), adapter_sha256),
         )
     return get_service(store, api_path)
 

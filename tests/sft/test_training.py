@@ -161,8 +161,9 @@ def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_pat
         assert prompt_tokens["persona"] == prompt_tokens["plain"] > prompt_tokens["ownsys"]
         empty_system = answer("persona", system="", max_output_tokens=2)["usage"]["prompt_tokens"]
         assert prompt_tokens["ownsys"] == empty_system
-        # Both services run on one loaded base model: one engine worker, not two.
-        assert len(requests.get(f"{server.base_url}/readyz", timeout=10).json()["models"]) == 1
+        # Both services run on one loaded base model: one engine worker, not two (/metrics, from loopback).
+        metrics = requests.get(f"{server.base_url}/metrics", timeout=10).text
+        assert sum(line.startswith("qfserve_running_sequences{") for line in metrics.splitlines()) == 1
     finally:
         stop_server(server)
 

@@ -32,12 +32,14 @@ def test_migrations_are_versioned_and_idempotent(tmp_path):
     again.close()
 
 
-def test_secret_key_and_tokens_are_stored_hashed(store):
+def test_secrets_are_hashed_or_encrypted(store):
     creds = apps.create_app(store, "a")
     token, _, _ = tokens.issue_token(store, creds.app)
     dump = "\n".join(store.connection().iterdump())
     assert creds.secret_key not in dump and token not in dump
-    assert creds.secret_access_key in dump  # it keys an HMAC, so it must be kept
+    # The Secret Access Key keys an HMAC, so it is kept, encrypted under a key outside the database.
+    assert creds.secret_access_key not in dump
+    assert apps.find_by_access_key(store, creds.app.access_key)[1] == creds.secret_access_key
 
 
 def test_check_client(store):
@@ -121,6 +123,10 @@ def test_rotation_grace_keeps_old_credentials_and_tokens_until_it_ends(store):
     assert apps.find_by_access_key(store, old.app.access_key, now=4600) is None
     assert tokens.lookup_token(store, new_token, now=4600) is not None
     assert tokens.purge_expired(store, now=4600) == 2
+    # An expired token is kept a week, so its caller hears "expired" (111), then purged.
+    short, _, _ = tokens.issue_token(store, new.app, ttl=10, now=5000)
+    assert tokens.purge_expired(store, now=5011) == 0
+    assert tokens.purge_expired(store, now=5011 + tokens.EXPIRED_KEPT) == 1
 
 
 def test_rotation_now_ends_every_old_pair_at_once(store):
