@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     def _split_proxies(cls, value: Any) -> Any:
         # QFSERVE_TRUSTED_PROXIES="10.0.0.1,10.1.0.0/16"; flags and toml give lists.
         if isinstance(value, str):
-            value = value.split(",")
-        proxies = [str(part).strip() for part in value or () if str(part).strip()]
+            value = [value]
+        proxies = [part.strip() for item in value or () for part in str(item).split(",") if part.strip()]
         for proxy in proxies:
             if proxy != "*":
                 ipaddress.ip_network(proxy, strict=False)  # ValueError names the bad entry

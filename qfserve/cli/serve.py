@@ -71,7 +71,7 @@ def serve(
     demo: Annotated[bool, typer.Option(help="On an empty data dir, create a demo app and service; print how to call them.",
                                        **_env("DEMO"))] = False,
     # security (issue 16); more settings (body limits, timeouts) in SECURITY.md
-    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address or network of a reverse proxy whose X-Forwarded-For is believed; repeatable. Env: QFSERVE_TRUSTED_PROXIES (comma-separated). Default: none.")] = None,
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address or network of a reverse proxy whose X-Forwarded-For is believed; repeatable (the variable takes a comma-separated list). Default: none.", **_env("TRUSTED_PROXIES"))] = None,
     public_url: Annotated[Optional[str], typer.Option(help="Base URL clients reach this server at, used in the service list. Default: http://HOST:PORT.", **_env("PUBLIC_URL"))] = None,
     metrics_token: Annotated[Optional[str], typer.Option(help="Bearer token /metrics requires. Unset: /metrics answers loopback clients only.", **_env("METRICS_TOKEN"))] = None,
     models_dir: Annotated[Optional[Path], typer.Option(help="Serve only model files inside this folder.", **_env("MODELS_DIR"))] = None,
