@@ -9,7 +9,7 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api import bearer, chat, console, health, memory_routes, oauth, v2
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
@@ -102,7 +102,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    for module in (oauth, chat, console, health):
+    for module in (oauth, chat, v2, bearer, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
     return app

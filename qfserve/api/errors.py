@@ -1,7 +1,9 @@
 """The one place where errors become wire bodies (qianfan-wire.md §3).
 
-Business errors are HTTP 200 with a compact one-line JSON body carrying `id`. Nothing else ever
-reaches a client: an unexpected exception is logged and answered 336000, never as a traceback.
+v1 business errors are HTTP 200 with a compact one-line JSON body carrying `id`. Under `/v2/` the
+same errors are answered through their v2 twins (`protocol/v2_errors.py`): a real HTTP status and
+`{"error": {"code", "message", "type"}, "id"}`. Nothing else ever reaches a client: an unexpected
+exception is logged and answered 336000 (v2: 500 internal_error), never as a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.responses import Response
 from qfserve import metrics
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
+from qfserve.protocol.v2_errors import V2Error, twin_of
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,24 @@ def error_response(error: QianfanError, rid: str | None = None, headers: dict | 
     return json_response(error.body(rid or request_id()), headers=headers)
 
 
+def v2_error_response(error: QianfanError | V2Error, rid: str | None = None,
+                      headers: dict | None = None) -> Response:
+    answer = twin_of(error) if isinstance(error, QianfanError) else error
+    metrics.ERRORS.labels(str(error.code)).inc()
+    return json_response(answer.body(rid or request_id()), status=answer.status,
+                         headers={**(headers or {}), **answer.headers()})
+
+
+def is_v2(request: Request) -> bool:
+    return request.url.path.startswith("/v2/")
+
+
+def _surface_error(request: Request, error: QianfanError) -> Response:
+    if is_v2(request):
+        return v2_error_response(error, _rid(request))
+    return error_response(error, _rid(request))
+
+
 def _rid(request: Request) -> str:
     return getattr(request.state, "request_id", None) or request_id()
 
@@ -39,7 +60,11 @@ def _rid(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QianfanError)
     async def _qianfan(request: Request, exc: QianfanError) -> Response:
-        return error_response(exc, _rid(request))
+        return _surface_error(request, exc)
+
+    @app.exception_handler(V2Error)
+    async def _v2(request: Request, exc: V2Error) -> Response:
+        return v2_error_response(exc, _rid(request))
 
     @app.exception_handler(OAuthError)
     async def _oauth(request: Request, exc: OAuthError) -> Response:
@@ -47,17 +72,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(QianfanError(Code.INVALID_ARGUMENT), _rid(request))
+        return _surface_error(request, QianfanError(Code.INVALID_ARGUMENT))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
-            return error_response(QianfanError(Code.INVALID_HTTP_METHOD), _rid(request))
+            return _surface_error(request, QianfanError(Code.INVALID_HTTP_METHOD))
         if exc.status_code == 404:
-            return error_response(QianfanError(Code.UNSUPPORTED_METHOD), _rid(request))
-        return error_response(QianfanError(Code.UNKNOWN), _rid(request))
+            return _surface_error(request, QianfanError(Code.UNSUPPORTED_METHOD))
+        return _surface_error(request, QianfanError(Code.UNKNOWN))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(QianfanError(Code.INTERNAL), _rid(request))
+        return _surface_error(request, QianfanError(Code.INTERNAL))

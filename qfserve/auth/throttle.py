@@ -39,11 +39,12 @@ class FailedAuthThrottle:
             entry = self._failures.get(addr)
             if entry is None:
                 return
-            if self._clock() - entry[0] >= self.window:
+            elapsed = self._clock() - entry[0]
+            if elapsed >= self.window:
                 del self._failures[addr]
                 return
             if entry[1] > self.limit:
-                raise QianfanError(Code.QPS_LIMIT)
+                raise QianfanError(Code.QPS_LIMIT, retry_after=self.window - elapsed)
 
     def record_failure(self, addr: str) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from rich.table import Table
 from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
 from qfserve.store import apps as app_store
 
-app = typer.Typer(help="Create, list, rotate and delete apps (API Key / Secret Key and IAM AK/SK pairs).",
+app = typer.Typer(help="Create, list, rotate and delete apps (API Key / Secret Key and IAM AK/SK pairs, v2 API key).",
                   no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="The app's name.")]
@@ -29,7 +29,8 @@ def _show_credentials(creds: app_store.AppCredentials, as_json: bool, title: str
 
 @app.command("create")
 def create(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
-    """Create an app and print its API Key / Secret Key and IAM Access Key / Secret Access Key."""
+    """Create an app and print its API Key / Secret Key, IAM Access Key / Secret Access Key, and its v2
+    API key (`Authorization: Bearer …` on /v2/chat/completions)."""
     with open_store(data_dir) as store:
         try:
             creds = app_store.create_app(store, name)
@@ -40,7 +41,8 @@ def create(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag =
 
 @app.command("rotate")
 def rotate(name: Name, data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
-    """Replace both credential pairs and revoke the app's outstanding access tokens."""
+    """Replace both credential pairs and the v2 API key, and revoke the app's outstanding access and
+    bearer tokens. (Apps created before v2 existed get their first v2 API key this way.)"""
     with open_store(data_dir) as store:
         try:
             creds = app_store.rotate_app(store, name)

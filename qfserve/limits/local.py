@@ -71,16 +71,34 @@ class LocalLimiter(Limiter):
         window = self._window(key)
         return Budget(rpm, tpm, rpm - len(window.entries), tpm - window.tokens)
 
+    def _seconds_until(self, entry: _Entry) -> float:
+        return max(0.0, entry.at + self.window - self._clock())
+
+    def _over_rpm(self, window: _Window, rpm: int) -> QianfanError:
+        # The request fits again once enough of the oldest requests leave the window.
+        excess = len(window.entries) - rpm
+        wait = self._seconds_until(window.entries[excess]) if 0 <= excess < len(window.entries) else None
+        return QianfanError(Code.RATE_LIMIT_RPM, retry_after=wait)
+
+    def _over_tpm(self, window: _Window, tpm: int, prompt_tokens: int) -> QianfanError:
+        freed = 0
+        for entry in window.entries:
+            freed += entry.tokens
+            if window.tokens - freed + prompt_tokens <= tpm:
+                return QianfanError(Code.RATE_LIMIT_TPM, retry_after=self._seconds_until(entry))
+        return QianfanError(Code.RATE_LIMIT_TPM)  # larger than the whole budget: waiting won't help
+
     async def check_requests(self, key: str, rpm: int) -> None:
-        if len(self._window(key).entries) >= rpm:
-            raise QianfanError(Code.RATE_LIMIT_RPM)
+        window = self._window(key)
+        if len(window.entries) >= rpm:
+            raise self._over_rpm(window, rpm)
 
     async def admit(self, key: str, rpm: int, tpm: int, prompt_tokens: int) -> Reservation:
         window = self._window(key)
         if len(window.entries) >= rpm:
-            raise QianfanError(Code.RATE_LIMIT_RPM)
+            raise self._over_rpm(window, rpm)
         if window.tokens + prompt_tokens > tpm:
-            raise QianfanError(Code.RATE_LIMIT_TPM)
+            raise self._over_tpm(window, tpm, prompt_tokens)
         entry = _Entry(self._clock(), prompt_tokens)
         window.entries.append(entry)
         window.tokens += prompt_tokens

@@ -41,13 +41,22 @@ if #expired > 0 then
 end
 """
 
-# ARGV: window ms, rpm, tpm, prompt tokens, request id. Returns {verdict, requests, tokens}:
+# After _PRUNE, with `count` requests in the window and ARGV[2] = rpm: ms until one more fits, or -1.
+_RPM_WAIT = """
+local function rpm_wait(count, rpm)
+  local nth = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+  if nth[2] then return tonumber(nth[2]) + window - now end
+  return -1
+end
+"""
+
+# ARGV: window ms, rpm, tpm, prompt tokens, request id. Returns {verdict, requests, tokens, wait ms}:
 # verdict 0 admitted, 1 over RPM, 2 over TPM; a refusal writes nothing but the pruning.
-_ADMIT = _PRUNE + """
+_ADMIT = _PRUNE + _RPM_WAIT + """
 local rpm, tpm, prompt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
-if count >= rpm then return {1, count, used} end
+if count >= rpm then return {1, count, used, rpm_wait(count, rpm)} end
 if used + prompt > tpm then return {2, count, used} end
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[5], prompt)
@@ -67,10 +76,17 @@ return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0'
 """
 
 
-# ARGV: window ms. Returns the requests in the window.
-_COUNT = _PRUNE + """
-return redis.call('ZCARD', KEYS[1])
+# ARGV: window ms, rpm. Returns {requests in the window, ms until one more fits (-1: it fits)}.
+_COUNT = _PRUNE + _RPM_WAIT + """
+local count = redis.call('ZCARD', KEYS[1])
+local rpm = tonumber(ARGV[2])
+if count >= rpm then return {count, rpm_wait(count, rpm)} end
+return {count, -1}
 """
+
+
+def _seconds(wait_ms) -> float | None:
+    return int(wait_ms) / 1000 if int(wait_ms) >= 0 else None
 
 
 def _unavailable(exc: RedisError) -> QianfanError:
@@ -111,23 +127,23 @@ class RedisLimiter(Limiter):
 
     async def check_requests(self, key: str, rpm: int) -> None:
         try:
-            count = await self._count(keys=self._keys(key), args=[self._window_ms])
+            count, wait = await self._count(keys=self._keys(key), args=[self._window_ms, rpm])
         except RedisError as exc:
             raise _unavailable(exc) from exc
         if int(count) >= rpm:
-            raise QianfanError(Code.RATE_LIMIT_RPM)
+            raise QianfanError(Code.RATE_LIMIT_RPM, retry_after=_seconds(wait))
 
     async def admit(self, key: str, rpm: int, tpm: int, prompt_tokens: int) -> Reservation:
         keys = self._keys(key)
         request_id = secrets.token_hex(8)
         try:
-            verdict, count, used = await self._admit(
+            verdict, count, used, *wait = await self._admit(
                 keys=keys, args=[self._window_ms, rpm, tpm, prompt_tokens, request_id]
             )
         except RedisError as exc:
             raise _unavailable(exc) from exc
         if verdict == 1:
-            raise QianfanError(Code.RATE_LIMIT_RPM)
+            raise QianfanError(Code.RATE_LIMIT_RPM, retry_after=_seconds(wait[0]))
         if verdict == 2:
             raise QianfanError(Code.RATE_LIMIT_TPM)
         budget = Budget(rpm, tpm, rpm - int(count), tpm - int(used))

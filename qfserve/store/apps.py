@@ -1,10 +1,12 @@
-"""Apps: the callers. Each has an API Key / Secret Key pair and an IAM Access Key / Secret Access Key pair."""
+"""Apps: the callers. Each has an API Key / Secret Key pair, an IAM Access Key / Secret Access Key pair,
+and a v2 API key (`bce-v3/ALTAK-…/…`, sent as `Authorization: Bearer …`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import string
 import time
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ class AppCredentials:
     app: App
     secret_key: str
     secret_access_key: str
+    v2_api_key: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -36,6 +39,7 @@ class AppCredentials:
             "secret_key": self.secret_key,
             "access_key": self.app.access_key,
             "secret_access_key": self.secret_access_key,
+            "v2_api_key": self.v2_api_key,
         }
 
 
@@ -61,7 +65,16 @@ def _new_pairs() -> dict:
         "secret_key": secrets.token_hex(16),
         "access_key": secrets.token_hex(16),
         "secret_access_key": secrets.token_hex(16),
+        "v2_api_key": new_v2_key(),
     }
+
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def new_v2_key() -> str:
+    """A key in the shape of Qianfan's v2 API keys and IAM bearer tokens: `bce-v3/ALTAK-<21>/<40 hex>`."""
+    return f"bce-v3/ALTAK-{''.join(secrets.choice(_ALNUM) for _ in range(21))}/{secrets.token_hex(20)}"
 
 
 def create_app(store: Store, name: str) -> AppCredentials:
@@ -70,26 +83,31 @@ def create_app(store: Store, name: str) -> AppCredentials:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
         conn.execute(
-            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time())),
+            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, v2_key_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"],
+             _hash(keys["v2_api_key"]), int(time.time())),
         )
-    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
+    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], keys["v2_api_key"])
 
 
 def rotate_app(store: Store, name: str) -> AppCredentials:
-    """New credential pairs; outstanding access tokens are revoked in the same transaction."""
+    """New credentials (both pairs and the v2 API key); outstanding access and bearer tokens are
+    revoked in the same transaction."""
     keys = _new_pairs()
     with store.transaction() as conn:
         row = conn.execute("SELECT id FROM apps WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise AppNotFound(f"no app named {name!r}")
         conn.execute(
-            "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ? WHERE id = ?",
-            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], row["id"]),
+            "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ?, v2_key_hash = ?"
+            " WHERE id = ?",
+            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"],
+             _hash(keys["v2_api_key"]), row["id"]),
         )
         conn.execute("DELETE FROM tokens WHERE app_id = ?", (row["id"],))
-    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
+        conn.execute("DELETE FROM bearer_tokens WHERE app_id = ?", (row["id"],))
+    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], keys["v2_api_key"])
 
 
 def get_app(store: Store, name: str) -> App:
@@ -127,6 +145,12 @@ def find_by_access_key(store: Store, access_key: str) -> tuple[App, str] | None:
     if row is None:
         return None
     return _row_to_app(row), row["secret_access_key"]
+
+
+def find_by_v2_key(store: Store, key: str) -> App | None:
+    """The app whose v2 API key this is (compared by hash), or None."""
+    row = store.connection().execute("SELECT * FROM apps WHERE v2_key_hash = ?", (_hash(key),)).fetchone()
+    return _row_to_app(row) if row else None
 
 
 def get_app_by_id(store: Store, app_id: int) -> App | None:
