@@ -83,7 +83,7 @@ class QianfanError(Exception):
     @property
     def detailed(self) -> bool:
         """Whether the raiser gave its own message rather than the table's fixed one."""
-        return self.message != MESSAGES.get(Code(self.code))
+        return self.message != MESSAGES.get(self.code)
 
     def body(self, request_id: str) -> dict:
         return {"error_code": self.code, "error_msg": self.message, "id": request_id}

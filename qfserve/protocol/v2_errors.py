@@ -82,7 +82,7 @@ class V2Error(Exception):
 
 
 def twin_of(error: QianfanError) -> V2Error:
-    twin = TWINS.get(Code(error.code), TWINS[Code.INTERNAL])
+    twin = TWINS.get(error.code, TWINS[Code.INTERNAL])  # Code is an IntEnum: plain ints find their twin
     message = error.message if error.detailed or twin.message is None else twin.message
     if error.param and not error.detailed:
         message = f"{message}: {error.param}"

@@ -216,3 +216,11 @@ def test_sync_answer_hides_content_and_logprobs_at_flag_3():
     assert body["choices"][0]["message"]["content"] == "ok" and body["choices"][0]["finish_reason"] == "stop"
     assert len(body["choices"][0]["logprobs"]["content"]) == 1
     assert list(body) == ["id", "object", "created", "model", "choices", "usage"]
+
+
+def test_a_code_outside_the_table_is_an_internal_error():
+    error = twin_of(QianfanError(Code.INTERNAL.value, "boom"))
+    assert (error.status, error.code, error.message) == (500, "internal_error", "boom")
+    unknown = QianfanError(Code.UNKNOWN)
+    unknown.code = 999  # a code no table knows must still become a v2 answer, never a crash
+    assert twin_of(unknown).code == "internal_error"
