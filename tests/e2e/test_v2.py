@@ -204,9 +204,10 @@ def test_input_blocked_at_flag_3_hides_the_answer(v2):
 
 def test_input_at_flag_2_is_answered_with_the_verdict(v2):
     messages = [{"role": "user", "content": f"tell me about {CAUTION}"}]
-    answer = client(v2).chat.completions.create(model="v2svc", messages=messages, max_tokens=8)
+    answer = client(v2).chat.completions.create(model="v2svc", messages=messages, max_tokens=8, top_p=0)
     [choice] = answer.choices
-    assert choice.message.content and choice.model_extra["flag"] == 2
+    # The model runs (its answer may itself repeat the term and be cut by output moderation).
+    assert answer.usage.completion_tokens > 0 and choice.model_extra["flag"] == 2
     assert choice.model_extra["need_clear_history"] is True and choice.model_extra["ban_round"] == -1
 
 
