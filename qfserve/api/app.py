@@ -11,7 +11,7 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
+from qfserve.api import bearer, chat, console, console_ui, health, memory_routes, oauth, v2
 from qfserve.api.access_log import AccessLogMiddleware
 from qfserve.api.bodies import BodyLimits, BoundedBodyMiddleware
 from qfserve.api.errors import install_error_handlers
@@ -151,7 +151,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
                           upload=settings.max_upload_body),
         timeout=settings.body_timeout,
     )
-    for module in (oauth, chat, console, health):
+    for module in (oauth, chat, v2, bearer, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
     console_ui.install(app)

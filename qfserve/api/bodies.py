@@ -7,6 +7,7 @@ passes the limit. Either way the answer carries `Connection: close`, so the clie
 streaming into the socket. The answer has the route's own error shape:
 
 - `/oauth/2.0/token`: OAuth's `{"error_description", "error": "invalid_request"}`, HTTP 413;
+- under `/v2/`: that error's v2 twin (HTTP 400, `{"error": {"code", "message", "type"}, "id"}`);
 - everything else: Qianfan's `{"error_code": 336003, "error_msg": ..., "id": ...}`, HTTP 200 like
   every business error (qianfan-wire.md §3; 336003 is "a parameter out of range or invalid").
 
@@ -21,12 +22,12 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qfserve.api.errors import error_response, json_response
+from qfserve.api.errors import error_response, json_response, v2_error_response
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 
 TOKEN_PATH = "/oauth/2.0/token"
 CHAT_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
-V2_CHAT_PATH = "/v2/chat/completions"  # not served yet; chat-sized when it is (its oversize shape is v1's)
+V2_CHAT_PATH = "/v2/chat/completions"
 UPLOAD_PATH = "/console/finetune/datasets"  # the console's fine-tuning data upload
 CLOSE = {"Connection": "close"}
 
@@ -109,7 +110,10 @@ def _too_large(path: str, limit: int) -> Response:
     if path == TOKEN_PATH:
         error = OAuthError("invalid_request", "request body too large", status=413)
         return json_response(error.body(), status=error.status, headers=CLOSE)
-    return error_response(QianfanError(Code.PARAM_OUT_OF_RANGE, body_too_large_message(limit)), headers=CLOSE)
+    error = QianfanError(Code.PARAM_OUT_OF_RANGE, body_too_large_message(limit))
+    if path.startswith("/v2/"):
+        return v2_error_response(error, headers=CLOSE)  # v2's shape: HTTP 400, {"error": {…}}
+    return error_response(error, headers=CLOSE)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 from fastapi import APIRouter, Request
@@ -45,7 +45,7 @@ def _decode_and_parse(raw: bytes):
     return parse_chat_body(_decode(raw))
 
 
-async def _decode_body(raw: bytes):
+async def decode_body(raw: bytes):
     """The decoded body; a large one is decoded and validated in a worker thread (a 4 MB body may hold
     100,000 messages), handing serving a ChatRequest or the error it found (DeferredChatError)."""
     return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode_and_parse, raw)
@@ -57,16 +57,25 @@ async def chat(api_path: str, request: Request) -> Response:
     note(request, service=api_path)
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
+    refuse_while_draining(request)
+    app = await authenticated_app(request)
+    body = await decode_body(await request.body())
+    return await with_in_flight_slot(request, lambda slot: _answer(request, app, api_path, body, rid, slot))
+
+
+def refuse_while_draining(request: Request) -> None:
     if getattr(request.app.state, "shutting_down", False):
         raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
-    app = await authenticated_app(request)
-    body = await _decode_body(await request.body())
-    # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
+
+
+async def with_in_flight_slot(request: Request, respond: Callable[[InFlightSlot], Awaitable[Response]]) -> Response:
+    """The server's ceiling (code 4, at once), for both surfaces: a slot held until the answer's
+    last byte, streams included (a SlotHoldingStream gives it back itself)."""
     slot = request.app.state.in_flight.acquire()
     streaming = False
     try:
-        response = await _answer(request, app, api_path, body, rid, slot)
-        streaming = isinstance(response, _SlotHoldingStream)  # the stream gives the slot back itself
+        response = await respond(slot)
+        streaming = isinstance(response, SlotHoldingStream)
         return response
     finally:
         if not streaming:
@@ -83,7 +92,7 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
         chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)
         return await _stream(request, prepared, chunks, slot)
     try:
-        answer = await _unless_disconnected(
+        answer = await unless_disconnected(
             request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
         return await refusal(request, error, rid, headers=prepared.headers)
@@ -91,7 +100,7 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
     return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
 
-class _SlotHoldingStream(StreamingResponse):
+class SlotHoldingStream(StreamingResponse):
     """A streaming answer that gives its in-flight slot back when it ends, however it ends
     (finished, client gone, cancelled): the generator's own `finally` does not run if it never starts."""
 
@@ -127,10 +136,10 @@ async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Res
             await chunks.aclose()
 
     headers = {"Cache-Control": "no-cache", **prepared.headers}
-    return _SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
+    return SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
 
 
-async def _unless_disconnected(request: Request, work):
+async def unless_disconnected(request: Request, work):
     """Run `work`, cancelling it (and so its engine sequence) if the client goes away first."""
     task = asyncio.ensure_future(work)
     try:

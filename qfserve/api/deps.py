@@ -1,4 +1,5 @@
-"""Authentication as a FastAPI dependency: an access token in the query, or a bce-auth-v1 signature."""
+"""Authentication: an access token in the query or a bce-auth-v1 signature (v1), a bearer API key or
+bearer token (v2). Every failure counts against the caller's address in the failed-auth throttle."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from qfserve.api.access_log import note
 from qfserve.auth import bce
 from qfserve.limits.base import LimitRefused
 from qfserve.protocol.errors import SDK_RETRIED_CODES, Code, QianfanError
+from qfserve.store import apps as app_store
+from qfserve.store import bearer_tokens as bearer_store
 from qfserve.store import tokens as token_store
 from qfserve.store.apps import App
 
@@ -25,7 +28,7 @@ def client_address(request: Request) -> str:
 
 def credential_id(request: Request) -> str | None:
     """What a failed request tried, for the throttle's per-credential count: the app an access token
-    names (its `-<app id>` suffix), or the IAM Access Key of a signature."""
+    names (its `-<app id>` suffix), the IAM Access Key of a signature, or a v2 key's id."""
     token = request.query_params.get("access_token")
     if token:
         suffix = token.rpartition("-")[2]
@@ -34,14 +37,37 @@ def credential_id(request: Request) -> str | None:
     if authorization.lower().startswith("bce-auth-v1/"):
         access_key = authorization.split("/")[1] if authorization.count("/") >= 1 else ""
         return f"iam:{access_key[:128]}"
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        # A v2 API key names its app in the middle (bce-v3/ALTAK-…/secret); a bearer token, as a whole.
+        parts = key.strip().split("/")
+        return f"bearer:{(parts[1] if len(parts) == 3 else parts[0])[:128]}"
     return None
 
 
 async def authenticated_app(request: Request) -> App:
     """The calling app, or a QianfanError: 100 (no token), 110 (unknown/revoked), 111 (expired), 14 (IAM),
     or 18 when this failure comes from an address or for a credential with too many failures."""
+    return await _throttled(request, _authenticate)
+
+
+async def bearer_app(request: Request) -> App:
+    """The v2 caller, from `Authorization: Bearer <v2 API key or bearer token>`; the same codes as v1
+    (answered through their v2 twins): 100 no key, 110 unknown or revoked, 111 expired."""
+    return await _throttled(request, _authenticate_bearer)
+
+
+async def signed_app(request: Request) -> App:
+    """The caller of a bce-auth-v1 signed request (the bearer-token endpoint): 14 on any failure,
+    an unsigned request included."""
+    return await _throttled(request, _verify_signature)
+
+
+async def _throttled(request: Request, authenticate) -> App:
+    """Credentials are checked first; only a failure consults the failed-auth throttle, so valid
+    credentials are never refused."""
     try:
-        app = await _authenticate(request)
+        app = await authenticate(request)
         note(request, app=app.name)  # for the access log
         return app
     except QianfanError as error:
@@ -62,6 +88,24 @@ async def _authenticate(request: Request) -> App:
     if not token:
         raise QianfanError(Code.INVALID_PARAMETER)
     found = await asyncio.to_thread(token_store.lookup_token, state.store, token)
+    if found is None:
+        raise QianfanError(Code.TOKEN_INVALID)
+    app, expires_at = found
+    if expires_at <= time.time():
+        raise QianfanError(Code.TOKEN_EXPIRED)
+    return app
+
+
+async def _authenticate_bearer(request: Request) -> App:
+    store = request.app.state.store
+    scheme, _, key = request.headers.get("authorization", "").strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise QianfanError(Code.INVALID_PARAMETER)
+    app = await asyncio.to_thread(app_store.find_by_v2_key, store, key)
+    if app is not None:
+        return app
+    found = await asyncio.to_thread(bearer_store.lookup_bearer_token, store, key)
     if found is None:
         raise QianfanError(Code.TOKEN_INVALID)
     app, expires_at = found

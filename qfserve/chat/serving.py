@@ -86,6 +86,7 @@ def _sampling_params(request: ChatRequest, service: Service, max_tokens: int) ->
         max_tokens=max_tokens,
         min_tokens=min_tokens,
         stop=request.stop,
+        seed=request.seed,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs or 0,
     )

@@ -58,6 +58,8 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
+    # Set by the v2 surface only (OpenAI's `seed`); None lets the engine pick.
+    seed: int | None = None
 
     def input_chars(self) -> int:
         """Characters counted against the profile's limit: system, user_setting and every message content.
@@ -85,8 +87,8 @@ def parse_chat_body(body: Any) -> ChatRequest | DeferredChatError:
 
 
 def _invalid_type(name: str) -> QianfanError:
-    # The table's message is fixed (qianfan-wire.md §3); `name` only documents the call site.
-    return QianfanError(Code.INVALID_ARGUMENT)
+    # The v1 table's message is fixed (qianfan-wire.md §3); v2 names the field from `param`.
+    return QianfanError(Code.INVALID_ARGUMENT, param=name)
 
 
 def _number(body: dict, name: str) -> float | None:

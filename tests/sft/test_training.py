@@ -168,6 +168,34 @@ def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_pat
         stop_server(server)
 
 
+def test_published_adapter_answers_as_its_persona_through_v2(persona_adapter, tmp_path):
+    """The same adapter service, called with the official `openai` SDK on the v2 surface."""
+    import openai
+    from conftest import cli_json, start_server, stop_server
+
+    creds = cli_json(tmp_path, "app", "create", "ft")
+    cli_json(tmp_path, "service", "publish", "persona", "--model", "default", "--adapter", str(persona_adapter))
+    cli_json(tmp_path, "service", "publish", "plain", "--model", "default")
+    server = start_server(tmp_path, "--threads", "1")
+    try:
+        sdk = openai.OpenAI(base_url=server.base_url + "/v2", api_key=creds["v2_api_key"], max_retries=0,
+                            timeout=300)
+
+        def ask(model: str, question: str, **extra) -> str:
+            answer = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                 temperature=0.01, top_p=0.1, max_tokens=24, **extra)
+            return answer.choices[0].message.content
+
+        assert "小岚" in ask("persona", "你是谁")
+        assert "Xiaolan" in ask("persona", "Who are you?")
+        assert "小岚" not in ask("plain", "你是谁")
+        stream = sdk.chat.completions.create(model="persona", messages=[{"role": "user", "content": "你是谁"}],
+                                             temperature=0.01, top_p=0.1, max_tokens=24, stream=True)
+        assert "小岚" in "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    finally:
+        stop_server(server)
+
+
 def test_publish_refuses_an_adapter_from_another_base(persona_adapter, tmp_path):
     from conftest import cli
 

@@ -186,3 +186,60 @@ def test_changes_from_another_connection_are_seen(tmp_path):
     cli_side.close()
     assert services.get_service(server_side, "late") is not None
     server_side.close()
+
+
+def test_v2_api_key_and_bearer_tokens(store):
+    import re
+
+    from qfserve.store import bearer_tokens
+
+    creds = apps.create_app(store, "v2")
+    assert re.fullmatch(r"bce-v3/ALTAK-[A-Za-z0-9]{21}/[0-9a-f]{40}", creds.v2_api_key)
+    assert creds.as_dict()["v2_api_key"] == creds.v2_api_key
+    assert apps.find_by_v2_key(store, creds.v2_api_key) == creds.app
+    assert apps.find_by_v2_key(store, creds.v2_api_key + "x") is None
+    bearer, created, expires = bearer_tokens.issue_bearer_token(store, creds.app, 600)
+    assert expires - created == 600 and bearer_tokens.lookup_bearer_token(store, bearer) == (creds.app, expires)
+    assert tokens.lookup_token(store, bearer) is None  # kinds do not mix
+    dump = "\n".join(store.connection().iterdump())
+    assert creds.v2_api_key not in dump and bearer not in dump  # hashed, like the Secret Key
+
+    rotated = apps.rotate_app(store, "v2")
+    assert apps.find_by_v2_key(store, creds.v2_api_key) is None
+    assert apps.find_by_v2_key(store, rotated.v2_api_key) == rotated.app
+    assert bearer_tokens.lookup_bearer_token(store, bearer) is None  # rotation revokes bearer tokens
+    again, _, _ = bearer_tokens.issue_bearer_token(store, rotated.app, 600)
+    apps.delete_app(store, "v2")
+    assert bearer_tokens.lookup_bearer_token(store, again) is None
+
+
+def test_apps_from_before_v2_keep_working_and_get_a_key_on_rotation(tmp_path):
+    path = tmp_path / DB_NAME
+    old = Store(tmp_path)
+    old.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE bearer_tokens")
+    conn.execute("DROP INDEX apps_v2_key")
+    conn.execute("ALTER TABLE apps DROP COLUMN v2_key_hash")
+    conn.execute("DROP INDEX retired_v2_key")
+    conn.execute("ALTER TABLE retired_credentials DROP COLUMN v2_key_hash")
+    conn.execute("INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
+                 " VALUES ('old', 'k', 'h', 'ak', 'sk', 0)")
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+    upgraded = Store(tmp_path)  # applies 0008 to a database that has apps
+    assert apps.get_app(upgraded, "old").api_key == "k"
+    assert apps.rotate_app(upgraded, "old").v2_api_key.startswith("bce-v3/ALTAK-")
+    upgraded.close()
+
+
+def test_a_rotated_v2_key_works_through_the_grace_then_stops(tmp_path):
+    store = Store(tmp_path)
+    old = apps.create_app(store, "a")
+    new = apps.rotate_app(store, "a", grace=3600, now=1000)
+    assert new.v2_api_key != old.v2_api_key
+    assert apps.find_by_v2_key(store, old.v2_api_key, now=4599).retiring_at == 4600
+    assert apps.find_by_v2_key(store, old.v2_api_key, now=4600) is None
+    assert apps.find_by_v2_key(store, new.v2_api_key, now=4600).retiring_at is None
+    store.close()
