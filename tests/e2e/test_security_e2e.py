@@ -188,7 +188,7 @@ def test_a_refused_signed_request_may_be_resent_as_is(secure_server):
     path, body = CHAT.format("once"), json.dumps({"messages": HELLO, "max_output_tokens": 2}).encode()
     headers = signed_headers(secure_server, path, body, signed=("host", "content-type", "x-bce-date"))
     assert [post(secure_server, path, body, headers)["error_code"] for _ in range(2)] == [336501, 336501]
-    secure_server.cli("service", "publish", "once", "--model", "default", "--rpm", "100", "--replace")
+    secure_server.cli("service", "update", "once", "--rpm", "100")
     assert "error_code" not in post(secure_server, path, body, headers)
     assert post(secure_server, path, body, headers)["error_code"] == 14  # served once: now a replay
 

@@ -357,7 +357,7 @@ def test_rotate_replaces_the_v2_key_and_revokes_bearer_tokens(v2):
     bearer = bearer_request(v2, creds).json()["token"]
     body = {"model": "v2svc", "messages": HI, "max_tokens": 2}
     assert post(v2, body, key=creds["v2_api_key"]).status_code == 200
-    rotated = cli_json(v2.data_dir, "app", "rotate", "rotating")
+    rotated = cli_json(v2.data_dir, "app", "rotate", "rotating", "--now")  # no grace: the old key ends now
     assert rotated["v2_api_key"] != creds["v2_api_key"]
     for old in (creds["v2_api_key"], bearer):
         refused = post(v2, body, key=old)
