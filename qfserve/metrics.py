@@ -15,3 +15,11 @@ TTFT = Histogram("qfserve_time_to_first_token_seconds", "Time to first token", [
 ITL = Histogram("qfserve_inter_token_latency_seconds", "Time between tokens", ["service"], buckets=_TOKEN_BUCKETS)
 QUEUE_TIME = Histogram("qfserve_queue_time_seconds", "Admission to first engine step", ["service"], buckets=_LATENCY_BUCKETS)
 E2E = Histogram("qfserve_request_seconds", "End-to-end request latency", ["service"], buckets=_LATENCY_BUCKETS)
+
+# scale-out (issue 11): remote engine replicas, labelled by engine pool and replica URL.
+REMOTE_IN_FLIGHT = Gauge("qfserve_remote_in_flight", "Requests in flight to a replica", ["engine", "replica"])
+REMOTE_ERRORS = Counter("qfserve_remote_errors_total", "Failed replica calls, by kind", ["engine", "replica", "kind"])
+REMOTE_LATENCY = Histogram("qfserve_remote_request_seconds", "Replica call duration (whole stream)",
+                           ["engine", "replica"], buckets=_LATENCY_BUCKETS)
+REMOTE_HEALTHY = Gauge("qfserve_remote_replica_healthy", "1 while a replica is admitted, 0 while ejected",
+                       ["engine", "replica"])

@@ -15,10 +15,12 @@ from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
 from qfserve.config import Settings
-from qfserve.engine.base import Engine
+from qfserve.engine.base import Engine, EngineUnavailable
 from qfserve.limits import make_limiter
 from qfserve.services.engines import EngineRegistry
+from qfserve.store import engines as pool_store
 from qfserve.store import services as service_store
+from qfserve.store.changes import ChangeWatcher
 from qfserve.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,10 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.store = Store(settings.data_dir)
         state.limiter = make_limiter(settings.limiter, settings.redis_url)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
-        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
+        # scale-out (issue 11): remote engine pools come from the store, and are refreshed on change.
+        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings),
+                                       pool_source=lambda name: pool_store.get_pool(state.store, name))
+        state.changes = ChangeWatcher(state.store, state.engines.refresh)
         state.moderator = _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator, memory=_memory(settings, state.store),
@@ -85,14 +90,16 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         pid_file = settings.data_dir / PID_FILE
         pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
-        for model in sorted({s.model for s in service_store.list_services(state.store)}):
+        for service in service_store.list_services(state.store):
             try:
-                await state.engines.get(model)
-            except (FileNotFoundError, ValueError) as exc:
-                log.error("cannot load model %s: %s", model, exc)
+                await state.engines.for_service(service)
+            except (FileNotFoundError, ValueError, EngineUnavailable) as exc:
+                log.error("cannot load the engine of %s: %s", service.api_path, exc)
+        await state.changes.start()
         try:
             yield
         finally:
+            await state.changes.close()
             state.shutting_down = True
             await state.serving.drain()
             await state.engines.close()

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from qfserve import metrics
+from qfserve.engine.base import EngineOverloaded, EnginePromptTooLong, EngineUnavailable
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -56,6 +57,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(QianfanError(Code.UNSUPPORTED_METHOD), _rid(request))
         return error_response(QianfanError(Code.UNKNOWN), _rid(request))
+
+    # Engine refusals met outside the answer stream (a remote engine counting the prompt).
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(request: Request, exc: EngineUnavailable) -> Response:
+        log.warning("engine unavailable on %s: %s", request.url.path, exc)
+        return error_response(QianfanError(Code.SERVICE_UNAVAILABLE), _rid(request))
+
+    @app.exception_handler(EngineOverloaded)
+    async def _engine_overloaded(request: Request, exc: EngineOverloaded) -> Response:
+        return error_response(QianfanError(Code.OVERLOADED), _rid(request))
+
+    @app.exception_handler(EnginePromptTooLong)
+    async def _prompt_too_long(request: Request, exc: EnginePromptTooLong) -> Response:
+        log.info("engine refused the prompt as too long on %s: %s", request.url.path, exc)
+        return error_response(QianfanError(Code.PROMPT_TOKENS_TOO_LONG), _rid(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

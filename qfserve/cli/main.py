@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qfserve.cli import apps, safety, services
+from qfserve.cli import apps, engines, safety, services
 from qfserve.cli.serve import serve
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app.command("serve")(serve)
 app.add_typer(apps.app, name="app")
 app.add_typer(services.app, name="service")
 app.add_typer(safety.app, name="safety")
+app.add_typer(engines.app, name="engine")  # scale-out (issue 11)
 
 
 def _mount_optional() -> None:

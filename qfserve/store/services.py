@@ -17,13 +17,18 @@ SAFETY_POLICIES = ("off", "default", "strict")
 @dataclass(frozen=True)
 class Service:
     api_path: str
-    model: str  # "default" or a GGUF path
+    model: str  # "default" or a GGUF path; on a remote engine, the served model or LoRA name
     adapter: str | None
     profile: str
     rpm: int
     tpm: int
     safety: str
     created_at: int
+    engine: str | None = None  # a remote engine pool's name; None is the embedded engine
+
+    @property
+    def remote(self) -> bool:
+        return self.engine is not None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +52,8 @@ def check_api_path(api_path: str) -> str:
 
 def _row(row) -> Service:
     return Service(
-        row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"], row["created_at"]
+        row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"],
+        row["created_at"], row["engine"],
     )
 
 
@@ -62,6 +68,7 @@ def publish_service(
     tpm: int = DEFAULT_TPM,
     safety: str = "default",
     replace: bool = False,
+    engine: str | None = None,
 ) -> Service:
     check_api_path(api_path)
     if rpm <= 0 or tpm <= 0:
@@ -73,10 +80,12 @@ def publish_service(
         if exists and not replace:
             raise ServiceExists(f"a service is already published at {api_path!r}")
         conn.execute("DELETE FROM services WHERE api_path = ?", (api_path,))
+        if engine is not None and not conn.execute("SELECT 1 FROM engine_pools WHERE name = ?", (engine,)).fetchone():
+            raise ValueError(f"no engine named {engine!r}: add it with `qfserve engine add`")
         conn.execute(
-            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (api_path, model, adapter, profile, rpm, tpm, safety, int(time.time())),
+            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, created_at, engine)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (api_path, model, adapter, profile, rpm, tpm, safety, int(time.time()), engine),
         )
     return get_service(store, api_path)
 

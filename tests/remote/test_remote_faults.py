@@ -1,0 +1,238 @@
+"""Replica faults a real server cannot be made to produce on cue: garbage, a stream cut mid-way, a
+hang, and vLLM's adapter refusals. A small scripted server stands in for a broken vLLM replica; the
+gateway in front is the real one. (The real-server behaviours — a killed replica, cancellation,
+context errors — are in test_remote_engine.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import requests
+import uvicorn
+from conftest import cli, cli_json, free_port, start_server, stop_server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from qfserve.sft.manifest import MANIFEST_FORMAT
+
+MODELS = ["fine", "garbage", "cut", "hang", "toolong", "bigrank", "unlisted"]
+CHECK_TOKENS = [9]  # the publish check's "hi": answered properly by every model
+
+
+def chunk(text: str, finish=None) -> bytes:
+    body = {"choices": [{"index": 0, "text": text, "token_ids": [5], "finish_reason": finish}]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({})
+
+
+async def models(request: Request) -> Response:
+    listed = [m for m in MODELS if m != "unlisted"]
+    return JSONResponse({"object": "list", "data": [{"id": m, "owned_by": "vllm", "max_model_len": 2048}
+                                                    for m in listed]})
+
+
+async def tokenize(request: Request) -> Response:
+    body = await request.json()
+    hi = body["messages"][-1]["content"] == "hi"
+    return JSONResponse({"count": 1 if hi else 3, "tokens": CHECK_TOKENS if hi else [1, 2, 3],
+                         "max_model_len": 2048})
+
+
+async def load_lora(request: Request) -> Response:
+    body = await request.json()
+    if body["lora_name"] == "bigrank":  # vLLM's answer for a rank above --max-lora-rank
+        return JSONResponse({"error": {"message": "LoRA rank 64 is greater than max_lora_rank 8.",
+                                       "type": "InternalServerError", "param": None, "code": 500}}, 500)
+    return Response(status_code=404)  # runtime LoRA updating not enabled
+
+
+async def completions(request: Request) -> Response:
+    body = await request.json()
+    model = body["model"]
+    if body["prompt"] == CHECK_TOKENS or model == "fine":
+        async def good():
+            yield chunk("Hello.", None)
+            yield chunk("", "stop")
+            yield b"data: [DONE]\n\n"
+        return StreamingResponse(good(), media_type="text/event-stream")
+    if model == "toolong":  # vLLM's refusal when prompt + max_tokens exceed --max-model-len
+        return JSONResponse({"error": {"message": "This model's maximum context length is 2048 tokens. However, you "
+                                                  "requested 2100 tokens (100 in the messages, 2000 in the "
+                                                  "completion). Please reduce the length of the messages or "
+                                                  "completion.", "type": "BadRequestError", "param": None,
+                                       "code": 400}}, 400)
+    if model == "garbage":
+        async def garbage():
+            yield b"data: <html>Bad Gateway</html>\n\n"
+        return StreamingResponse(garbage(), media_type="text/event-stream")
+    if model == "cut":
+        async def cut():
+            yield chunk("Hello there. ")
+            yield chunk("More words. ")
+            await asyncio.sleep(0.3)
+            raise RuntimeError("replica died mid-stream")  # uvicorn drops the connection
+        return StreamingResponse(cut(), media_type="text/event-stream")
+    if model == "hang":
+        async def hang():
+            await asyncio.sleep(60)
+            yield chunk("too late")
+        return StreamingResponse(hang(), media_type="text/event-stream")
+    return JSONResponse({"error": {"message": f"The model `{model}` does not exist."}}, 404)
+
+
+APP = Starlette(routes=[
+    Route("/health", health), Route("/v1/models", models), Route("/tokenize", tokenize, methods=["POST"]),
+    Route("/v1/load_lora_adapter", load_lora, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+])
+
+
+class ScriptedReplica:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(APP, host="127.0.0.1", port=self.port, log_level="critical"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def fake_adapter(folder, base_sha256: str = "0" * 64):
+    (folder / "peft").mkdir(parents=True)
+    (folder / "peft" / "adapter_config.json").write_text(json.dumps({"r": 64, "peft_type": "LORA"}))
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": MANIFEST_FORMAT, "base": {"sha256": base_sha256}, "files": {"peft": "peft", "gguf": None}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    with ScriptedReplica() as broken, ScriptedReplica() as healthy:
+        creds = cli_json(tmp, "app", "create", "a")
+        cli_json(tmp, "engine", "add", "mock", "--url", broken.url, "--timeout", "1", "--cooldown", "0.5",
+                 "--probe-interval", "0.2")
+        cli_json(tmp, "engine", "add", "mock2", "--url", healthy.url)
+        for name in ("garbage", "cut", "hang", "toolong"):
+            cli_json(tmp, "service", "publish", name, "--engine", "mock", "--model", name)
+        cli_json(tmp, "service", "publish", "fine", "--engine", "mock2", "--model", "fine")
+        gateway = start_server(tmp)
+        gateway.creds = creds
+        gateway.extra = {"broken": broken, "token": gateway.token()}
+        yield gateway
+        stop_server(gateway)
+
+
+def post(gateway, api_path, body):
+    return requests.post(gateway.chat_url(api_path), params={"access_token": gateway.extra["token"]},
+                         json=body, timeout=60)
+
+
+def errors_of(gateway, kind: str) -> float:
+    text = requests.get(f"{gateway.base_url}/metrics", timeout=10).text
+    url = gateway.extra["broken"].url
+    for line in text.splitlines():
+        if line.startswith(f'qfserve_remote_errors_total{{engine="mock",kind="{kind}",replica="{url}"}}') or \
+                line.startswith(f'qfserve_remote_errors_total{{engine="mock",replica="{url}",kind="{kind}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_admitted(gateway) -> None:
+    url = gateway.extra["broken"].url
+    deadline = time.monotonic() + 20
+    while f'qfserve_remote_replica_healthy{{engine="mock",replica="{url}"}} 1.0' not in \
+            requests.get(f"{gateway.base_url}/metrics", timeout=10).text:
+        assert time.monotonic() < deadline, "the replica was never admitted again"
+        time.sleep(0.1)
+
+
+QUESTION = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.mark.parametrize("api_path,kind", [("garbage", "garbage"), ("hang", "timeout")])
+def test_garbage_and_hang_end_the_request_with_its_id(faulty, api_path, kind):
+    wait_admitted(faulty)
+    before = errors_of(faulty, kind)
+    for stream in (False, True):
+        wait_admitted(faulty)
+        response = post(faulty, api_path, {**QUESTION, "stream": stream})
+        assert response.status_code == 200
+        body = response.json()  # before any chunk: a plain JSON error body
+        assert body["error_code"] == 2 and body["error_msg"] == "Service temporarily unavailable", body
+        assert body["id"].startswith("as-")
+    assert errors_of(faulty, kind) >= before + 2  # counted against the replica
+    assert post(faulty, "fine", QUESTION).json()["result"] == "Hello."  # the gateway keeps serving
+
+
+def test_stream_cut_mid_way(faulty):
+    wait_admitted(faulty)
+    response = post(faulty, "cut", {**QUESTION, "stream": True})
+    events = [json.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: ")]
+    assert events[0]["result"] and "error_code" not in events[0]
+    assert events[-1]["error_code"] == 2 and events[-1]["id"] == events[0]["id"], events
+    assert errors_of(faulty, "cut") >= 1
+    assert post(faulty, "fine", QUESTION).json()["result"] == "Hello."
+
+
+def test_upstream_context_error_is_336103(faulty):
+    wait_admitted(faulty)
+    for stream in (False, True):
+        answer = post(faulty, "toolong", {**QUESTION, "stream": stream}).json()
+        assert answer["error_code"] == 336103 and answer["error_msg"] == "Prompt tokens too long", answer
+        assert answer["id"].startswith("as-")
+    assert errors_of(faulty, "status") == 0  # the replica did its job: not counted against it
+
+
+def test_ejected_replica_answers_2_at_once_and_comes_back(faulty):
+    wait_admitted(faulty)
+    post(faulty, "garbage", QUESTION)  # ejects the only replica of `mock`
+    answer = post(faulty, "cut", QUESTION).json()
+    assert answer["error_code"] == 2
+    wait_admitted(faulty)  # the probe lets it back after the cool-down
+
+
+def test_adapter_refusals_are_clear(faulty, tmp_path):
+    data = faulty.data_dir
+    adapter = fake_adapter(tmp_path / "big")
+    refused = cli(data, "service", "publish", "big", "--engine", "mock", "--model", "bigrank",
+                  "--adapter", str(adapter), check=False)
+    assert refused.returncode == 1 and "LoRA rank 64 is greater than max_lora_rank 8" in refused.stderr
+    refused = cli(data, "service", "publish", "unl", "--engine", "mock", "--model", "unlisted",
+                  "--adapter", str(adapter), check=False)
+    assert refused.returncode == 1 and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # An engine that declares its base refuses adapters trained on another one.
+    cli_json(data, "engine", "add", "based", "--url", faulty.extra["broken"].url, "--base", "default")
+    refused = cli(data, "service", "publish", "wb", "--engine", "based", "--model", "fine",
+                  "--adapter", str(adapter), check=False)
+    assert refused.returncode == 1 and "trained on a different base model" in refused.stderr
+
+
+def test_publish_refuses_a_model_the_replicas_do_not_serve(faulty):
+    refused = cli(faulty.data_dir, "service", "publish", "nope", "--engine", "mock2", "--model", "nosuch",
+                  check=False)
+    assert refused.returncode == 1 and "does not serve 'nosuch'" in refused.stderr
+    refused = cli(faulty.data_dir, "service", "publish", "nope", "--engine", "ghost", "--model", "x", check=False)
+    assert refused.returncode == 1 and "no engine named 'ghost'" in refused.stderr
