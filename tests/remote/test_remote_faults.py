@@ -118,7 +118,15 @@ class ScriptedReplica:
         self.thread.join(10)
 
 
-def fake_adapter(folder, base_sha256: str = "0" * 64):
+def default_sha() -> str:
+    from qfserve.engine.prompt import default_model_path
+    from qfserve.sft.manifest import base_hash
+
+    return base_hash(default_model_path())
+
+
+def fake_adapter(folder, base_sha256: str | None = None):
+    base_sha256 = base_sha256 or default_sha()
     (folder / "peft").mkdir(parents=True)
     (folder / "peft" / "adapter_config.json").write_text(json.dumps({"r": 64, "peft_type": "LORA"}))
     (folder / "manifest.json").write_text(json.dumps({
@@ -132,7 +140,7 @@ def faulty(tmp_path_factory):
     with ScriptedReplica() as broken, ScriptedReplica() as healthy:
         creds = cli_json(tmp, "app", "create", "a")
         cli_json(tmp, "engine", "add", "mock", "--url", broken.url, "--timeout", "1", "--cooldown", "0.5",
-                 "--probe-interval", "0.2")
+                 "--probe-interval", "0.2", "--base", "default")
         cli_json(tmp, "engine", "add", "mock2", "--url", healthy.url)
         for name in ("garbage", "cut", "hang", "toolong"):
             cli_json(tmp, "service", "publish", name, "--engine", "mock", "--model", name)
@@ -223,11 +231,14 @@ def test_adapter_refusals_are_clear(faulty, tmp_path):
                   "--adapter", str(adapter), check=False)
     assert refused.returncode == 1 and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in refused.stderr
     assert "Traceback" not in refused.stderr
-    # An engine that declares its base refuses adapters trained on another one.
-    cli_json(data, "engine", "add", "based", "--url", faulty.extra["broken"].url, "--base", "default")
-    refused = cli(data, "service", "publish", "wb", "--engine", "based", "--model", "fine",
-                  "--adapter", str(adapter), check=False)
+    # Adapters trained on another base are refused; so are adapters on an engine that declares none.
+    other = fake_adapter(tmp_path / "other", base_sha256="0" * 64)
+    refused = cli(data, "service", "publish", "wb", "--engine", "mock", "--model", "fine",
+                  "--adapter", str(other), check=False)
     assert refused.returncode == 1 and "trained on a different base model" in refused.stderr
+    refused = cli(data, "service", "publish", "wb", "--engine", "mock2", "--model", "fine",
+                  "--adapter", str(adapter), check=False)
+    assert refused.returncode == 1 and "does not declare the base model" in refused.stderr
 
 
 def test_publish_refuses_a_model_the_replicas_do_not_serve(faulty):
