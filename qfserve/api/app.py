@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from qfserve.api import chat, console, health, memory_routes, oauth
 from qfserve.api.errors import install_error_handlers
-from qfserve.auth.throttle import FailedAuthThrottle
+from qfserve.auth.throttle_redis import make_auth_throttle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
 from qfserve.config import Settings
@@ -77,7 +77,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         state.settings = settings
         state.store = Store(settings.data_dir)
         state.limiter = make_limiter(settings.limiter, settings.redis_url)
-        state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
+        state.auth_throttle = make_auth_throttle(settings)  # scale-out (issue 11): in Redis when configured
         # scale-out (issue 11): remote engine pools come from the store, and are refreshed on change.
         state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings),
                                        pool_source=lambda name: pool_store.get_pool(state.store, name))
@@ -104,6 +104,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             await state.serving.drain()
             await state.engines.close()
             await state.limiter.close()
+            if hasattr(state.auth_throttle, "close"):
+                state.auth_throttle.close()
             state.store.close()
             pid_file.unlink(missing_ok=True)
 

@@ -26,7 +26,7 @@ async def ensure_adapter(pool: ReplicaPool, replica: Replica, adapter: RemoteAda
     """Make `replica` serve `adapter` under its name; returns how ("loaded" or "listed")."""
     status, payload = await pool.call_json(
         replica, "POST", "/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": adapter.path},
-        server_errors_count=False)
+        server_errors_count=False, text_ok=True)
     message = error_message(payload)
     if status == 200:
         return "loaded"

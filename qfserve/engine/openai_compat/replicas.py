@@ -198,11 +198,13 @@ class ReplicaPool:
     # ---- calls -------------------------------------------------------------------------------
 
     async def call_json(self, replica: Replica, method: str, path: str, body: dict | None = None,
-                        timeout: float | None = None, server_errors_count: bool = True) -> tuple[int, object]:
+                        timeout: float | None = None, server_errors_count: bool = True,
+                        text_ok: bool = False) -> tuple[int, object]:
         """One JSON call: (HTTP status, decoded body). Connection failures, timeouts and bodies that
         are not JSON raise ReplicaFailure (and eject the replica); HTTP errors are returned, and a
         5xx counts against the replica's health unless `server_errors_count` is off (vLLM answers
-        500 for an adapter it refuses to load, which says nothing about the replica)."""
+        500 for an adapter it refuses to load, which says nothing about the replica). `text_ok`: a
+        plain-text body is returned as a string (vLLM's LoRA routes answer success in text)."""
         try:
             response = await self.client.request(
                 method, f"{replica.url}{path}", json=body,
@@ -216,6 +218,8 @@ class ReplicaPool:
         try:
             payload = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
+            if text_ok:
+                return response.status_code, response.text
             if response.status_code == 404:
                 return 404, None
             raise self._failure(replica, "garbage", f"HTTP {response.status_code}, not JSON") from None
