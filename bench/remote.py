@@ -70,7 +70,9 @@ async def direct_request(client: httpx.AsyncClient, url: str, model: str, prompt
     pieces, usage = 0, None
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if line == "data: [DONE]":
+                break  # as the gateway does: the server may keep the connection a while after it
+            if not line.startswith("data: "):
                 continue
             chunk = json.loads(line[6:])
             usage = chunk.get("usage") or usage

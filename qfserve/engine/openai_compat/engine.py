@@ -40,7 +40,8 @@ from qfserve.engine.openai_compat.replicas import Replica, ReplicaFailure, Repli
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 2048  # llama-cpp-python's default n_ctx, when nothing better is known
-_PROMPT_TEXTS = 1024  # rendered prompts kept for servers that take text (llama-cpp-python)
+_PROMPT_TEXTS = 512  # rendered prompts kept for servers that take text (llama-cpp-python)
+_COUNTED = 512  # conversations whose token ids are kept (long prompts: tens of MB at most)
 
 
 class RemoteEngine(Engine):
@@ -54,6 +55,7 @@ class RemoteEngine(Engine):
         self._reported_context: int | None = None
         self._adapter_epochs: dict[str, int] = {}  # replica url -> epoch the adapter was ensured in
         self._prompt_texts: OrderedDict[tuple[int, ...], str] = OrderedDict()
+        self._counted: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -82,15 +84,27 @@ class RemoteEngine(Engine):
     # ---- counting ----------------------------------------------------------------------------
 
     async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+        # A conversation always tokenizes the same on one model: repeated ones skip the round trip
+        # (the cache goes with this engine, which a changed pool replaces).
+        key = orjson.dumps([system, messages])
+        cached = self._counted.get(key)
+        if cached is not None:
+            self._counted.move_to_end(key)
+            return list(cached)
         dialect = await self.pool.dialect()
         if dialect == LLAMA_CPP:
-            return await self._text_tokens(messages, system)
-        turns = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
-        payload = await self._call("/tokenize", {"model": self.model, "messages": turns,
-                                                 "add_generation_prompt": True})
-        if payload.get("max_model_len"):
-            self._reported_context = int(payload["max_model_len"])
-        return _token_list(payload, "tokens", self.pool.name)
+            ids = await self._text_tokens(messages, system)
+        else:
+            turns = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
+            payload = await self._call("/tokenize", {"model": self.model, "messages": turns,
+                                                     "add_generation_prompt": True})
+            if payload.get("max_model_len"):
+                self._reported_context = int(payload["max_model_len"])
+            ids = _token_list(payload, "tokens", self.pool.name)
+        self._counted[key] = tuple(ids)
+        while len(self._counted) > _COUNTED:
+            self._counted.popitem(last=False)
+        return ids
 
     async def _text_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
         if self.template is None:
