@@ -48,4 +48,4 @@ test-vllm: install-test $(VLLM_VENV)/.installed
 	$(BIN)/python -m tests.vllm.run
 
 clean:
-	rm -rf $(VENV) qfserve-data
+	rm -rf $(VENV)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
+from qfserve.cli.common import DataDir, JsonFlag, console, fail, open_store, print_json
 from qfserve.store import engines as pool_store
 
 app = typer.Typer(help="Remote engine pools: OpenAI-compatible servers (vLLM) that services run on.",
@@ -87,7 +87,7 @@ def add(
     cooldown: Annotated[float, typer.Option(help="Seconds a failing replica stays ejected before a health probe may re-admit it.")] = 5.0,
     probe_interval: Annotated[float, typer.Option(help="Seconds between health probes (GET /health).")] = 2.0,
     replace: Annotated[bool, typer.Option(help="Replace an engine of the same name (running gateways switch within a second).")] = False,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Add a pool of replicas. Running gateways on the same database use it from their next request."""
@@ -133,7 +133,7 @@ def _public(pool) -> dict:
 
 
 @app.command("list")
-def list_(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """List engine pools and their replicas."""
     with open_store(data_dir) as store:
         pools = pool_store.list_pools(store)
@@ -149,7 +149,7 @@ def list_(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> No
 
 @app.command("remove")
 def remove(name: Annotated[str, typer.Argument(help="The engine's name.")],
-           data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
+           data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """Remove an engine pool that no service uses."""
     with open_store(data_dir) as store:
         try:

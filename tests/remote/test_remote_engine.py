@@ -218,7 +218,7 @@ def test_engine_list_and_remove(remote):
     refused = cli(data, "engine", "remove", "pool", check=False)
     assert refused.returncode == 1 and "rsvc" in refused.stderr and "Traceback" not in refused.stderr
     cli_json(data, "engine", "add", "spare", "--url", "http://127.0.0.1:9")
-    assert cli_json(data, "engine", "remove", "spare") == {"removed": "spare"}
+    assert cli_json(data, "engine", "remove", "spare")["removed"] == "spare"
     assert "spare" not in {p["name"] for p in cli_json(data, "engine", "list")}
 
 
