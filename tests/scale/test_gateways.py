@@ -81,6 +81,8 @@ def test_publish_revoke_and_engine_change_are_seen_by_both_within_a_second(pair)
     cli_json(one.data_dir, "service", "publish", "later", "--rpm", "100000", "--tpm", "100000000")
     time.sleep(1.0)
     assert ask(two, "later", token)["result"]
+    for api_path in ("svc", "later"):  # restrict the app to two services, then take one away
+        cli(one.data_dir, "app", "grant", "a", api_path)
     cli(one.data_dir, "app", "revoke", "a", "later")
     time.sleep(1.0)
     for gateway in (one, two):
