@@ -85,7 +85,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     async def lifespan(app: FastAPI):
         state = app.state
         state.settings = settings
-        state.store = Store(settings.data_dir)
+        state.store = Store(settings.data_dir, settings.database_url)
         calendar = QuotaCalendar(settings.quota_timezone)
         state.limiter = make_limiter(settings.limiter, settings.redis_url, calendar=calendar,
                                      daily_seed=functools.partial(usage_store.requests_on, state.store))

@@ -220,7 +220,7 @@ def grant(store: Store, name: str, api_path: str) -> None:
         if not conn.execute("SELECT 1 FROM services WHERE api_path = ?", (api_path,)).fetchone():
             raise GrantError(f"no service at {api_path!r} (see `qfserve service list`); nothing granted")
         conn.execute("UPDATE apps SET all_services = 0 WHERE id = ?", (row["id"],))
-        conn.execute("INSERT OR IGNORE INTO grants (app_id, api_path) VALUES (?, ?)", (row["id"], api_path))
+        conn.execute("INSERT INTO grants (app_id, api_path) VALUES (?, ?) ON CONFLICT DO NOTHING", (row["id"], api_path))
 
 
 def revoke(store: Store, name: str, api_path: str) -> None:
