@@ -2,7 +2,7 @@
 
 The cluster comes from the PG* environment variables (PGHOST, PGPORT, PGUSER, PGPASSWORD), or
 QFSERVE_TEST_DATABASE_URL. Without either the tests that need it skip, saying how to run them;
-with QFSERVE_REQUIRE_SERVICES set (CI) they fail instead.
+with QFSERVE_CI set (.ci/run) they fail instead.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def need_postgres() -> str:
     if url is None:
         message = ("no PostgreSQL: run the suite inside `pg_virtualenv` (Debian's postgresql package), "
                    "or set QFSERVE_TEST_DATABASE_URL")
-        if os.environ.get("QFSERVE_REQUIRE_SERVICES"):
+        if os.environ.get("QFSERVE_CI"):
             pytest.fail(message)
         pytest.skip(message)
     return url

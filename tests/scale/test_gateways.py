@@ -2,14 +2,14 @@
 
 One RPM budget under concurrent load; a change made through the CLI (service publish, app revoke,
 engine add) served by both within a second; kill -9 of one gateway mid-stream loses no committed
-row, and the other keeps serving.
+row, and the other keeps serving. On PostgreSQL (the deployment shape: `database_url` in the data
+dir's qfserve.toml, read by the gateways and the CLI alike) and on one shared SQLite file.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +19,7 @@ import pytest
 import requests
 from conftest import cli, cli_json, start_server, stop_server
 from limits.conftest import redis_url  # noqa: F401  (the private redis-server fixture)
+from pgfixtures import new_database
 
 from remote.scripted import ScriptedReplica
 
@@ -26,9 +27,13 @@ USER = "scale-user"
 QUESTION = {"messages": [{"role": "user", "content": "Say hello."}], "max_output_tokens": 2}
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, redis_url):  # noqa: F811
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def pair(request, tmp_path_factory, redis_url):  # noqa: F811
     data = tmp_path_factory.mktemp("shared")
+    drop = None
+    if request.param == "postgresql":
+        url, drop = new_database()
+        (data / "qfserve.toml").write_text(f'database_url = "{url}"\n')
     creds = cli_json(data, "app", "create", "a")
     cli_json(data, "service", "publish", "svc", "--rpm", "100000", "--tpm", "100000000")
     shared = ["--limiter", "redis", "--redis-url", redis_url, "--threads", "1"]
@@ -39,6 +44,8 @@ def pair(tmp_path_factory, redis_url):  # noqa: F811
     yield one, two
     for gateway in (one, two):
         stop_server(gateway)
+    if drop is not None:
+        drop()
 
 
 def ask(gateway, api_path: str, token: str, body: dict | None = None) -> dict:
@@ -48,14 +55,15 @@ def ask(gateway, api_path: str, token: str, body: dict | None = None) -> dict:
 
 def test_one_rpm_budget_across_gateways_under_concurrent_load(pair):
     one, two = pair
-    cli_json(one.data_dir, "service", "publish", "budget", "--rpm", "12", "--tpm", "100000000")
+    budget = "b_" + one.data_dir.name  # one per database: both runs share the Redis (and its minute)
+    cli_json(one.data_dir, "service", "publish", budget, "--rpm", "12", "--tpm", "100000000")
     tokens = [one.token(), two.token()]  # a token from each; both valid on both
     start = threading.Barrier(30)
 
     def call(i: int) -> dict:
         gateway = pair[i % 2]
         start.wait()
-        return ask(gateway, "budget", tokens[(i // 2) % 2])
+        return ask(gateway, budget, tokens[(i // 2) % 2])
 
     with ThreadPoolExecutor(30) as pool:
         answers = list(pool.map(call, range(30)))
@@ -91,12 +99,17 @@ def test_publish_revoke_and_engine_change_are_seen_by_both_within_a_second(pair)
 
 
 def _rows(data_dir) -> dict[str, int]:
-    conn = sqlite3.connect(data_dir / "qfserve.db")
+    from qfserve.config import database_url_for
+    from qfserve.store.copy import row_counts
+    from qfserve.store.db import Store
+
+    store = Store(data_dir, database_url_for(data_dir))
     try:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("apps", "tokens", "services", "grants", "memories")}
+        if store.dialect == "sqlite":
+            assert store.connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return row_counts(store)
     finally:
-        conn.close()
+        store.close()
 
 
 def test_kill_9_of_one_gateway_mid_stream_loses_nothing_committed(pair):
@@ -125,9 +138,6 @@ def test_kill_9_of_one_gateway_mid_stream_loses_nothing_committed(pair):
 
     after = _rows(two.data_dir)
     assert after == before, (before, after)
-    conn = sqlite3.connect(two.data_dir / "qfserve.db")
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.close()
     # The survivor: the dead one's token is valid, its memory is recalled, and it keeps serving.
     assert ask(two, "svc", token)["result"]
     memories = requests.post(two.base_url + list_url, params={"access_token": token}, json={"user_id": USER},
