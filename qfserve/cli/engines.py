@@ -58,9 +58,9 @@ def _base_options(base: str) -> dict:
 async def _look(pool_row) -> list[dict]:
     """What each replica says about itself (best effort: replicas may not be up yet)."""
     from qfserve.engine.openai_compat import ReplicaFailure
-    from qfserve.services.engines import _replica_pool
+    from qfserve.services.engines import replica_pool
 
-    pool = _replica_pool(pool_row)
+    pool = replica_pool(pool_row)
     found = []
     try:
         for replica in pool.replicas:

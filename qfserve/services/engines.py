@@ -62,7 +62,7 @@ class EngineRegistry:
         async with self._lock:
             if key not in self._remote:
                 pool = await self._pool(service.engine)
-                engine = _remote_engine(pool, service.model, service.adapter, self._pools[service.engine][0])
+                engine = remote_engine(pool, service.model, service.adapter, self._pools[service.engine][0])
                 await engine.start()
                 self._remote[key] = engine
             return self._remote[key]
@@ -83,7 +83,7 @@ class EngineRegistry:
         row = await asyncio.to_thread(self._pool_source, name) if self._pool_source else None
         if row is None:
             raise EngineUnavailable(f"no engine named {name!r}")
-        pool = _replica_pool(row)
+        pool = replica_pool(row)
         self._pools[name] = (row, pool)
         return pool
 
@@ -127,7 +127,7 @@ class EngineRegistry:
 
 # ---- scale-out (issue 11): building remote engines from pool rows ----------------------------
 
-def _replica_pool(row):
+def replica_pool(row):
     from qfserve.engine.openai_compat import ChatTemplate, PoolSettings, ReplicaPool
 
     api_key = None
@@ -141,7 +141,7 @@ def _replica_pool(row):
                        api=options.get("api", "auto"), has_template=ChatTemplate.from_options(options) is not None)
 
 
-def _remote_engine(pool, model: str, adapter_dir: str | None, row) -> Engine:
+def remote_engine(pool, model: str, adapter_dir: str | None, row) -> Engine:
     from qfserve.engine.openai_compat import ChatTemplate, RemoteEngine
     from qfserve.services.adapters import remote_adapter
 

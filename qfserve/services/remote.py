@@ -18,15 +18,15 @@ async def check_remote_service(row, model: str, adapter_dir: str | None) -> list
     """Notes on each replica; raises RemoteServiceError when the service could not be served."""
     from qfserve.engine.openai_compat import AdapterRefused, ReplicaFailure
     from qfserve.engine.openai_compat.adapters import ensure_adapter
-    from qfserve.services.engines import _remote_engine, _replica_pool
+    from qfserve.services.engines import remote_engine, replica_pool
 
     notes, answered = [], 0
     for url in row.urls:
         single = dataclasses.replace(row, urls=(url,))
-        pool = _replica_pool(single)
+        pool = replica_pool(single)
         replica = pool.replicas[0]
         try:
-            engine = _remote_engine(pool, model, adapter_dir, single)
+            engine = remote_engine(pool, model, adapter_dir, single)
             served = await pool.models(replica)
             if engine.adapter is not None:
                 how = await ensure_adapter(pool, replica, engine.adapter)

@@ -137,7 +137,10 @@ def test_kill_9_of_one_gateway_mid_stream_loses_nothing_committed(pair):
         one.process.wait()
 
     after = _rows(two.data_dir)
-    assert after == before, (before, after)
+    # Nothing committed is lost; rows may be added (usage counts are flushed in the background).
+    assert all(after[t] >= n for t, n in before.items()), (before, after)
+    for table in ("apps", "tokens", "services", "grants", "memories"):
+        assert after[table] == before[table], (table, before, after)
     # The survivor: the dead one's token is valid, its memory is recalled, and it keeps serving.
     assert ask(two, "svc", token)["result"]
     memories = requests.post(two.base_url + list_url, params={"access_token": token}, json={"user_id": USER},
