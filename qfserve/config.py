@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
     redis_url: str | None = None
+    # scale-out (issue 11): PostgreSQL instead of the data dir's SQLite file (postgresql://user:pw@host/db)
+    database_url: str | None = None
     max_in_flight: int = Field(0, ge=0, description="chat requests in flight before answering 4 (0: no ceiling)")
     quota_timezone: str = Field(DEFAULT_TIMEZONE, description="where an app's daily quota day starts and ends")
     auth_fail_limit: int = 20
@@ -148,3 +150,20 @@ def load_settings(**flags: Any) -> Settings:
         return Settings(**given)
     finally:
         Settings._toml_path = None
+
+
+# scale-out (issue 11)
+def database_url_for(data_dir: Path) -> str | None:
+    """The database URL CLI commands use for a data dir: QFSERVE_DATABASE_URL, else `database_url` in
+    the data dir's qfserve.toml, else None (the SQLite file in the data dir)."""
+    if os.environ.get("QFSERVE_DATABASE_URL"):
+        return os.environ["QFSERVE_DATABASE_URL"]
+    toml_file = Path(data_dir) / CONFIG_FILE
+    if toml_file.is_file():
+        import tomllib
+
+        try:
+            return tomllib.loads(toml_file.read_text(encoding="utf-8")).get("database_url") or None
+        except (tomllib.TOMLDecodeError, OSError):
+            return None
+    return None

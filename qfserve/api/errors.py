@@ -20,6 +20,7 @@ from qfserve import metrics
 from qfserve.api.access_log import note
 from qfserve.api.deps import release_signature
 from qfserve.limits.base import LimitRefused
+from qfserve.engine.base import EngineOverloaded, EnginePromptTooLong, EngineUnavailable
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
 from qfserve.protocol.v2_errors import V2Error, twin_of
@@ -97,6 +98,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {405: Code.INVALID_HTTP_METHOD, 404: Code.UNSUPPORTED_METHOD}.get(exc.status_code, Code.UNKNOWN)
         return await refusal(request, QianfanError(code))
+
+    # Engine refusals met outside the answer stream (a remote engine counting the prompt).
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(request: Request, exc: EngineUnavailable) -> Response:
+        log.warning("engine unavailable on %s: %s", request.url.path, exc)
+        return error_response(QianfanError(Code.SERVICE_UNAVAILABLE), _rid(request))
+
+    @app.exception_handler(EngineOverloaded)
+    async def _engine_overloaded(request: Request, exc: EngineOverloaded) -> Response:
+        return error_response(QianfanError(Code.OVERLOADED), _rid(request))
+
+    @app.exception_handler(EnginePromptTooLong)
+    async def _prompt_too_long(request: Request, exc: EnginePromptTooLong) -> Response:
+        log.info("engine refused the prompt as too long on %s: %s", request.url.path, exc)
+        return error_response(QianfanError(Code.PROMPT_TOKENS_TOO_LONG), _rid(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

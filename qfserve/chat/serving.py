@@ -31,7 +31,7 @@ from qfserve.memory import prompt as memory_prompt
 from qfserve.protocol.chat import ChatRequest
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.events import SAFE, ChatEnd, ChatEvent, TextDelta, TokenLogprob, Usage, Verdict
-from qfserve.services.adapters import adapter_gguf, trained_with_default_system
+from qfserve.services.adapters import trained_with_default_system
 from qfserve.services.engines import EngineRegistry
 from qfserve.services.profiles import get_profile
 from qfserve.store import apps as app_store
@@ -198,7 +198,7 @@ class ChatServing:
 
     async def _engine(self, service: Service) -> Engine:
         try:
-            return await self.engines.get(service.model)
+            return await self.engines.for_service(service)
         except (FileNotFoundError, ValueError, EngineUnavailable) as exc:
             log.error("service %s: model unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
@@ -209,7 +209,7 @@ class ChatServing:
         if not service.adapter:
             return None
         try:
-            return await asyncio.to_thread(adapter_gguf, service.adapter, service.adapter_sha256)
+            return await asyncio.to_thread(self.engines.adapter_ref, service)
         except (OSError, ValueError) as exc:
             log.error("service %s: adapter unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None

@@ -53,7 +53,8 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. Default: physical cores.", **_env("THREADS"))] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
-    redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis; with it, the failed-auth throttle is shared too.", **_env("REDIS_URL"))] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL (postgresql://user:password@host:5432/db) for state shared by several gateways. Default: the SQLite file in the data dir.", **_env("DATABASE_URL"))] = None,
     max_in_flight: Annotated[Optional[int], typer.Option(min=0, help="Chat requests in flight before answering 4 at once (no queueing). Default: 0, no ceiling.", **_env("MAX_IN_FLIGHT"))] = None,
     quota_timezone: Annotated[Optional[str], typer.Option(callback=_check_timezone, help="Time zone (IANA name) whose midnight starts an app's daily quota. Default: Asia/Shanghai, as Qianfan.", **_env("QUOTA_TIMEZONE"))] = None,
     safety_lexicon: LexiconOpt = None,
@@ -85,7 +86,8 @@ def serve(
     try:
         settings = load_settings(
             host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
-            queue_size=queue_size, limiter=limiter, redis_url=redis_url, max_in_flight=max_in_flight,
+            queue_size=queue_size, limiter=limiter, redis_url=redis_url, database_url=database_url,
+            max_in_flight=max_in_flight,
             quota_timezone=quota_timezone,
             safety_lexicon=split_paths(safety_lexicon or []), safety_allow=safety_allow, log_level=log_level,
             log_json=log_json, safety_category_levels=category_levels(safety_level), access_log=access_log,
@@ -106,7 +108,12 @@ def serve(
     if demo:
         _ensure_demo(settings)
     else:
-        say_database((settings.data_dir / DB_NAME).resolve(), not (settings.data_dir / DB_NAME).exists())
+        if settings.database_url:  # scale-out (issue 11)
+            from qfserve.store.db import display_url
+
+            say_database(display_url(settings.database_url))
+        else:
+            say_database((settings.data_dir / DB_NAME).resolve(), not (settings.data_dir / DB_NAME).exists())
     import uvicorn
 
     from qfserve.api.app import create_app

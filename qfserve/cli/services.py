@@ -40,7 +40,8 @@ def _engine_default(value: str | None, parse, name: str):
 def _summary(s: Service) -> str:
     sampling = "".join(f", {name} {value}" for name, value in (("top_k", s.top_k), ("min_p", s.min_p))
                        if value is not None)
-    return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" + adapter {s.adapter}" if s.adapter else "")
+    return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" on engine {s.engine}" if s.engine else "")
+            + (f" + adapter {s.adapter}" if s.adapter else "")
             + f", {s.profile}, {s.rpm} RPM, {s.tpm} TPM, safety {s.safety}{sampling}")
 
 
@@ -59,7 +60,11 @@ def publish(
         "--for-model", help="Publish at the endpoint the qianfan SDK calls for this model name "
         "(ChatCompletion(model=…)), with its limits profile, e.g. ERNIE-Speed-8K → ernie_speed.")] = None,
     model: Annotated[str, typer.Option(help=ModelHelp)] = "default",
-    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`. "
+                                                    "With --engine, it is served under the --model name.")] = None,
+    engine: Annotated[str, typer.Option(help="`default` (the embedded llama.cpp engine) or a remote engine added "
+                                        "with `qfserve engine add`; then --model is the served model or LoRA "
+                                        "name.")] = "default",
     profile: Annotated[Optional[str], typer.Option(help=ProfileHelp + f" Default: {DEFAULT_PROFILE}, "
                                                    "or the --for-model one.", show_default=False)] = None,
     rpm: Annotated[int, typer.Option(help="Requests per minute per app.")] = service_store.DEFAULT_RPM,
@@ -96,8 +101,9 @@ def publish(
         try:
             service = publishing.publish(
                 store, api_path, model=model, adapter=adapter, profile=profile or DEFAULT_PROFILE,
-                rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset,
+                rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset, engine=engine,
                 models_dir=_models_dir(store.data_dir, models_dir),
+                on_note=None if as_json else (lambda note: console.print(f"  {note}", highlight=False)),
             )
         except publishing.PublishError as exc:
             fail(str(exc))
@@ -174,6 +180,7 @@ def _display(s: Service, unset: str = "engine default") -> dict[str, str]:
     for key in ("top_k", "min_p"):
         if getattr(s, key) is None:
             row[key] = unset
+    row["engine"] = s.engine or "default"
     return row
 
 
@@ -186,7 +193,7 @@ def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json([s.as_dict() for s in services])
         return
-    columns = ("api_path", "model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
+    columns = ("api_path", "engine", "model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
     table = Table(*columns)
     for s in services:
         shown = _display(s, unset="-")

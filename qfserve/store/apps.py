@@ -97,12 +97,14 @@ def create_app(store: Store, name: str, *, qps: int = 0, daily_requests: int = 0
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
-        # Ids are never reused (a deleted app's rate-limit windows and token suffix must not carry over).
-        (last_id,) = conn.execute("SELECT last_id FROM app_id_high_water WHERE id = 1").fetchone()
+        # Ids are never reused (a deleted app's rate-limit windows and token suffix must not carry over):
+        # the next one comes from the high-water mark, moved in this transaction.
+        (app_id,) = conn.execute(
+            "UPDATE app_id_high_water SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id").fetchone()
         conn.execute(
             "INSERT INTO apps (id, name, api_key, secret_key_hash, access_key, secret_access_key, v2_key_hash,"
             " created_at, qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (last_id + 1, name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"],
+            (app_id, name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"],
              store.secrets.seal(keys["secret_access_key"]), _hash(keys["v2_api_key"]), int(time.time()), qps,
              daily_requests),
         )
@@ -159,7 +161,8 @@ def rotate_app(store: Store, name: str, grace: int = 0, now: float | None = None
             conn.execute("UPDATE tokens SET revoked_at = ? WHERE app_id = ? AND (revoked_at IS NULL OR revoked_at > ?)",
                          (until, row["id"], until))
             # Bearer tokens keep their own (shorter) expiry, capped at the end of the grace.
-            conn.execute("UPDATE bearer_tokens SET expires_at = MIN(expires_at, ?) WHERE app_id = ?", (until, row["id"]))
+            conn.execute("UPDATE bearer_tokens SET expires_at = CASE WHEN expires_at > ? THEN ? ELSE expires_at END"
+                         " WHERE app_id = ?", (until, until, row["id"]))
         conn.execute(
             "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ?, v2_key_hash = ?"
             " WHERE id = ?",
@@ -255,7 +258,7 @@ def grant(store: Store, name: str, api_path: str) -> None:
         if not conn.execute("SELECT 1 FROM services WHERE api_path = ?", (api_path,)).fetchone():
             raise GrantError(f"no service at {api_path!r} (see `qfserve service list`); nothing granted")
         conn.execute("UPDATE apps SET all_services = 0 WHERE id = ?", (row["id"],))
-        conn.execute("INSERT OR IGNORE INTO grants (app_id, api_path) VALUES (?, ?)", (row["id"], api_path))
+        conn.execute("INSERT INTO grants (app_id, api_path) VALUES (?, ?) ON CONFLICT DO NOTHING", (row["id"], api_path))
 
 
 def revoke(store: Store, name: str, api_path: str) -> None:

@@ -66,7 +66,8 @@ def load_secret_box(data_dir: str | os.PathLike, *, sealed_rows_exist: bool) -> 
         if sealed_rows_exist:
             raise SecretKeyError(
                 f"{path} is missing but the database holds encrypted IAM secret keys: restore the file "
-                f"(or set {KEY_ENV}); `qfserve app rotate` issues new keys if it is lost for good"
+                f"(or set {KEY_ENV}; every gateway on one database needs the same key); "
+                "`qfserve app rotate` issues new keys if it is lost for good"
             )
         # Written whole under a private name, then linked into place: a process racing us (CLI and
         # server starting together) either wins the link or reads the complete file of the winner.

@@ -140,8 +140,19 @@ def test_key_from_the_environment(tmp_path, monkeypatch):
     creds = apps.create_app(store, "a")
     store.close()
     assert not (tmp_path / KEY_FILE).exists()
-    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())  # the wrong key
-    store = Store(tmp_path)
+    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())  # the wrong key: refused at opening
     with pytest.raises(SecretKeyError, match="not the key"):
-        apps.find_by_access_key(store, creds.app.access_key)
-    store.close()
+        Store(tmp_path)
+    assert creds.secret_access_key  # (it was only ever readable with the first key)
+
+
+def test_a_store_opened_with_another_key_refuses_to_start(tmp_path, monkeypatch):
+    """Gateways sharing a database must share the key: a wrong one fails at start, not per signature."""
+    from cryptography.fernet import Fernet
+
+    first = Store(tmp_path)
+    apps.create_app(first, "a")
+    first.close()
+    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
+    with pytest.raises(SecretKeyError, match="not the key it was sealed with"):
+        Store(tmp_path)
