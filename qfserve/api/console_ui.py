@@ -16,7 +16,6 @@ import asyncio
 import functools
 import time
 from importlib import resources
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request

@@ -99,20 +99,20 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {405: Code.INVALID_HTTP_METHOD, 404: Code.UNSUPPORTED_METHOD}.get(exc.status_code, Code.UNKNOWN)
         return await refusal(request, QianfanError(code))
 
-    # Engine refusals met outside the answer stream (a remote engine counting the prompt).
+    # Engine refusals that reach the HTTP layer (serving maps the ones it expects; this is the net).
     @app.exception_handler(EngineUnavailable)
     async def _engine_unavailable(request: Request, exc: EngineUnavailable) -> Response:
         log.warning("engine unavailable on %s: %s", request.url.path, exc)
-        return error_response(QianfanError(Code.SERVICE_UNAVAILABLE), _rid(request))
+        return await refusal(request, QianfanError(Code.SERVICE_UNAVAILABLE))
 
     @app.exception_handler(EngineOverloaded)
     async def _engine_overloaded(request: Request, exc: EngineOverloaded) -> Response:
-        return error_response(QianfanError(Code.OVERLOADED), _rid(request))
+        return await refusal(request, QianfanError(Code.OVERLOADED))
 
     @app.exception_handler(EnginePromptTooLong)
     async def _prompt_too_long(request: Request, exc: EnginePromptTooLong) -> Response:
         log.info("engine refused the prompt as too long on %s: %s", request.url.path, exc)
-        return error_response(QianfanError(Code.PROMPT_TOKENS_TOO_LONG), _rid(request))
+        return await refusal(request, QianfanError(Code.PROMPT_TOKENS_TOO_LONG))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -20,6 +20,7 @@ from qfserve.chat.logprob_gate import LogprobGate
 from qfserve.engine.base import (
     Engine,
     EngineOverloaded,
+    EnginePromptTooLong,
     EngineUnavailable,
     FinishEvent,
     GenerateRequest,
@@ -156,7 +157,14 @@ class ChatServing:
         adapter = await self._adapter_path(service)
         system = await self._system_prompt(app, service, request)
         messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content} for m in request.messages]
-        prompt_ids = await engine.chat_tokens(messages, system)
+        try:  # a remote engine counts on its replica, and may refuse there
+            prompt_ids = await engine.chat_tokens(messages, system)
+        except EnginePromptTooLong:
+            raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG) from None
+        except EngineOverloaded:
+            raise QianfanError(Code.OVERLOADED) from None
+        except EngineUnavailable:
+            raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
         context = engine.context_length
         if len(prompt_ids) > profile.max_input_tokens or len(prompt_ids) >= context - 1:
             raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)

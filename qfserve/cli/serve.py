@@ -114,8 +114,6 @@ def serve(
             say_database(display_url(settings.database_url))
         else:
             say_database((settings.data_dir / DB_NAME).resolve(), not (settings.data_dir / DB_NAME).exists())
-    import uvicorn
-
     from qfserve.api.app import create_app
     from qfserve.api.draining import DrainingServer
     from qfserve.api.http_server import uvicorn_config

@@ -193,10 +193,6 @@ class ChatPrompt:
         """The model input for a chat: `render` then `tokenize`, caller text as plain text."""
         return self.tokenize(self.render(messages, system))
 
-    def chat_tokens(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
-        """The conversation as the model runs it: rendered with the template, then tokenized."""
-        return self.tokenize(self.render(messages, system))
-
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 

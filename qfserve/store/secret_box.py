@@ -30,8 +30,8 @@ class SecretBox:
             self._fernet = Fernet(key)
         except (ValueError, TypeError):
             raise SecretKeyError(
-                f"the secret key is not a Fernet key (32 url-safe base64 bytes); make one with "
-                f"`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
+                "the secret key is not a Fernet key (32 url-safe base64 bytes); make one with "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
             ) from None
 
     def seal(self, plaintext: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from qfserve.engine.base import FinishEvent, GenerateRequest, SamplingParams, TokenEvent
+from qfserve.engine.base import FinishEvent, GenerateRequest, SamplingParams
 from qfserve.engine.openai_compat.dialect import LLAMA_CPP, VLLM, completion_body, is_context_error
 from qfserve.engine.openai_compat.engine import _Garbage, _StreamReader, _UpstreamError
 from qfserve.engine.openai_compat.replicas import PoolSettings, ReplicaPool

@@ -29,7 +29,6 @@ from qfserve.engine.base import (
 from qfserve.engine.openai_compat.adapters import AdapterRefused, RemoteAdapter, ensure_adapter
 from qfserve.engine.openai_compat.dialect import (
     LLAMA_CPP,
-    VLLM,
     ChatTemplate,
     completion_body,
     error_message,
