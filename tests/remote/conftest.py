@@ -58,11 +58,13 @@ def train_persona(out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def persona_adapter(request) -> Path:
+def persona_adapter(request, tmp_path_factory) -> Path:
     explicit = os.environ.get("QFSERVE_TEST_PERSONA_DIR")
     if explicit:
         return Path(explicit)
-    return train_persona(Path(request.config.cache.mkdir(f"qfserve-persona-{_persona_key()}")))
+    cache = getattr(request.config, "cache", None)  # pytest's cache dir, kept between runs, when enabled
+    folder = cache.mkdir(f"qfserve-persona-{_persona_key()}") if cache is not None else tmp_path_factory.mktemp("persona")
+    return train_persona(Path(folder))
 
 
 @dataclass
