@@ -88,6 +88,7 @@ def _sampling_params(request: ChatRequest, service: Service, max_tokens: int) ->
         stop=request.stop,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs or 0,
+        seed=request.seed,
     )
 
 

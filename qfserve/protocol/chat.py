@@ -56,6 +56,9 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
+    # Extension (not in the seed; as vLLM and llama-server): an integer that makes sampling
+    # reproducible on the embedded engine. Any integer; absent means a fresh random draw.
+    seed: int | None = None
 
     def input_chars(self) -> int:
         """Characters counted against the profile's limit: system plus every message content."""
@@ -185,6 +188,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         _closed(name, value, low, high, shown)
         if value is not None:
             fields[name] = value
+
+    if (seed := _integer(body, "seed")) is not None:
+        fields["seed"] = seed
 
     stop = body.get("stop")
     if stop is not None:
