@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from qfserve.engine.llamacpp.protocol import physical_cores
+from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, physical_cores
 
 CONFIG_FILE = "qfserve.toml"
 PID_FILE = "qfserve.pid"  # written by a running server, read by `qfserve safety reload`
@@ -26,9 +26,15 @@ class Settings(BaseSettings):
 
     # Embedded engine
     parallel: int = Field(4, ge=1, le=64, description="max concurrent sequences per base model")
-    ctx_per_seq: int = Field(4096, ge=256, description="KV cache cells per sequence")
     threads: int = Field(default_factory=physical_cores, ge=1)
     queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
+    # engine (issue 15): KV cells (a region per sequence, or one shared pool), admission by predicted wait
+    kv_cells: int | None = Field(None, ge=256, description="KV cells per base model, all sequences together "
+                                 f"(default: parallel * ctx_per_seq, ctx_per_seq defaulting to {DEFAULT_CTX_PER_SEQ})")
+    ctx_per_seq: int = Field(0, ge=0, description="most KV cells one sequence may hold (prompt + answer); "
+                             "0: kv_cells / parallel, or the whole pool with kv_unified")
+    kv_unified: bool = Field(False, description="one KV pool the sequences share instead of a region each")
+    max_queue_wait: float = Field(30.0, gt=0, description="seconds a request may wait for a sequence before 336100")
 
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
@@ -49,6 +55,17 @@ class Settings(BaseSettings):
     memory_semantic: bool = Field(False, description="add an embedding score to recall (needs qfserve[semantic])")
 
     _toml_path: Path | None = None
+
+    @property
+    def kv_pool_cells(self) -> int:  # engine (issue 15)
+        return self.kv_cells or self.parallel * (self.ctx_per_seq or DEFAULT_CTX_PER_SEQ)
+
+    @property
+    def seq_limit(self) -> int:  # engine (issue 15): what one sequence may hold
+        pool = self.kv_pool_cells
+        if self.kv_unified:
+            return min(self.ctx_per_seq or pool, pool)
+        return min(self.ctx_per_seq or pool // self.parallel, pool // self.parallel)
 
     @classmethod
     def settings_customise_sources(

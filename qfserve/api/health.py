@@ -29,8 +29,9 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics_endpoint(request: Request) -> Response:
-    for path, engine in request.app.state.engines.engines().items():
-        stats = engine.stats()
+    by_model = {path: engine.stats() for path, engine in request.app.state.engines.engines().items()}
+    for path, stats in by_model.items():
         metrics.RUNNING.labels(path).set(stats.get("running", 0))
         metrics.WAITING.labels(path).set(stats.get("waiting", 0))
+    metrics.set_engine_stats(by_model)  # KV pool use, reuse, rejections (engine, issue 15)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -31,9 +31,13 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port to listen on. Default: 8360.", **_env("PORT"))] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Database and config folder (reads qfserve.toml there). Default: ./qfserve-data.", **_env("DATA_DIR"))] = None,
     parallel: Annotated[Optional[int], typer.Option(help="Max concurrent sequences per base model. Default: 4.", **_env("PARALLEL"))] = None,
-    ctx_per_seq: Annotated[Optional[int], typer.Option(help="KV cache cells per sequence (prompt + answer). Default: 4096.", **_env("CTX_PER_SEQ"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. Default: physical cores.", **_env("THREADS"))] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
+    # engine (issue 15)
+    kv_cells: Annotated[Optional[int], typer.Option(help="KV cells per base model, all sequences together (one cell per prompt or answer token). Default: parallel x --ctx-per-seq.", **_env("KV_CELLS"))] = None,
+    ctx_per_seq: Annotated[Optional[int], typer.Option(help="Most KV cells one sequence may hold (prompt + answer); longer prompts get 336103. Default: 9216 (an 8K profile's 7168 + 2048), or kv-cells / parallel when --kv-cells is given, or the whole pool with --kv-unified.", **_env("CTX_PER_SEQ"))] = None,
+    kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--kv-per-sequence", help="One KV pool the sequences share (a long conversation may use what several short ones would), instead of a region each. Default: a region each (answers then never depend on what else runs).", **_env("KV_UNIFIED"))] = None,
+    max_queue_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait for a sequence: beyond the predicted wait it gets 336100 at once. Default: 30.", **_env("MAX_QUEUE_WAIT"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
     safety_lexicon: Annotated[Optional[list[Path]], typer.Option(help="Deny lexicon TSV (term, category, level); repeatable.")] = None,
@@ -49,10 +53,11 @@ def serve(
     dir, then defaults. SIGTERM stops admitting, lets running answers finish, then exits.
     """
     settings = load_settings(
-        host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
+        host=host, port=port, data_dir=data_dir, parallel=parallel, threads=threads,
         queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
         safety_allow=safety_allow, log_level=log_level, log_json=log_json,
         safety_category_levels=_category_levels(safety_level),
+        kv_cells=kv_cells, ctx_per_seq=ctx_per_seq, kv_unified=kv_unified, max_queue_wait=max_queue_wait,  # engine (issue 15)
     )
     _configure_logging(settings)
     if demo:

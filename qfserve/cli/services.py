@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
+from qfserve.services.capacity import capacity_notes
 from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from qfserve.store import services as service_store
 
@@ -56,12 +57,15 @@ def publish(
     adapter_dir = _check_adapter(adapter, model) if adapter is not None else None
     with open_store(data_dir) as store:
         try:
+            notes = capacity_notes(profile, model, data_dir)  # engine (issue 15): the KV pool must hold the profile
             service = service_store.publish_service(
                 store, api_path, model=model, adapter=adapter_dir, profile=profile,
                 rpm=rpm, tpm=tpm, safety=safety, replace=replace,
             )
         except (ValueError, service_store.ServiceExists) as exc:
             fail(str(exc))
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
     if as_json:
         print_json(service.as_dict())
     else:
