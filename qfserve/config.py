@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     ctx_per_seq: int = Field(0, ge=0, description="most KV cells one sequence may hold (prompt + answer); "
                              "0: kv_cells / parallel, or the whole pool with kv_unified")
     kv_unified: bool = Field(False, description="one KV pool the sequences share instead of a region each")
+    kv_type: str = Field("f16", pattern="^(f16|q8_0)$", description="KV cell type: f16, or q8_0 (half the memory, "
+                         "answers independent of batching, long prompts prefill slower)")
     max_queue_wait: float = Field(30.0, gt=0, description="seconds a request may wait for a sequence before 336100")
 
     # Access control and limits

@@ -37,6 +37,7 @@ def serve(
     kv_cells: Annotated[Optional[int], typer.Option(help="KV cells per base model, all sequences together (one cell per prompt or answer token). Default: parallel x --ctx-per-seq.", **_env("KV_CELLS"))] = None,
     ctx_per_seq: Annotated[Optional[int], typer.Option(help="Most KV cells one sequence may hold (prompt + answer); longer prompts get 336103. Default: 9216 (an 8K profile's 7168 + 2048), or kv-cells / parallel when --kv-cells is given, or the whole pool with --kv-unified.", **_env("CTX_PER_SEQ"))] = None,
     kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--kv-per-sequence", help="One KV pool the sequences share (a long conversation may use what several short ones would), instead of a region each. Default: a region each (answers then never depend on what else runs).", **_env("KV_UNIFIED"))] = None,
+    kv_type: Annotated[Optional[str], typer.Option(help="KV cell type: f16, or q8_0 (half the memory; answers never depend on batching; prompts of thousands of tokens prefill slower). Default: f16.", **_env("KV_TYPE"))] = None,
     max_queue_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait for a sequence: beyond the predicted wait it gets 336100 at once. Default: 30.", **_env("MAX_QUEUE_WAIT"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
@@ -52,12 +53,15 @@ def serve(
     Settings come from flags, then QFSERVE_* environment variables, then qfserve.toml in the data
     dir, then defaults. SIGTERM stops admitting, lets running answers finish, then exits.
     """
+    if kv_type is not None and kv_type not in ("f16", "q8_0"):
+        raise typer.BadParameter("choose f16 or q8_0", param_hint="--kv-type")
     settings = load_settings(
         host=host, port=port, data_dir=data_dir, parallel=parallel, threads=threads,
         queue_size=queue_size, limiter=limiter, redis_url=redis_url, safety_lexicon=safety_lexicon,
         safety_allow=safety_allow, log_level=log_level, log_json=log_json,
         safety_category_levels=_category_levels(safety_level),
-        kv_cells=kv_cells, ctx_per_seq=ctx_per_seq, kv_unified=kv_unified, max_queue_wait=max_queue_wait,  # engine (issue 15)
+        kv_cells=kv_cells, ctx_per_seq=ctx_per_seq, kv_unified=kv_unified, kv_type=kv_type,
+        max_queue_wait=max_queue_wait,  # engine (issue 15)
     )
     _configure_logging(settings)
     if demo:

@@ -48,6 +48,16 @@ def chat_prompt() -> ChatPrompt:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def exact_engine():
+    """q8_0 KV cells: bit-identical attention whatever the batch, chunking or reuse (native.py)."""
+    engine = LlamaCppEngine(default_model_path(), parallel=2, ctx_per_seq=CTX_PER_SEQ, kv_type="q8_0", threads=1,
+                            show_progress=False)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
     # One ggml thread: ggml's spinning thread barriers collapse when the CPU is shared (CI, other
     # test processes), and these tests check behaviour, not speed.
@@ -120,7 +130,10 @@ async def test_concurrent_requests_match_serial_runs(engine, chat_prompt):
     assert engine.stats()["steps"] > 0
 
 
-async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine, chat_prompt):
+async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(exact_engine, chat_prompt):
+    # q8_0 cells: llama.cpp runs one attention kernel for every chunk and batch, so the chunked
+    # prefill beside a stream must give exactly the answer of the cached prompt decoded alone.
+    engine = exact_engine
     story = " ".join(f"Line {i}: the cat sat on mat number {i}." for i in range(30))
     long_tokens = prompt_of(chat_prompt, story + " Summarize.")
     assert 256 < len(long_tokens) < CTX_PER_SEQ - 16  # more than one prefill chunk
@@ -359,30 +372,47 @@ PERSONA = " ".join(f"Rule {i}: answer politely, briefly and in English about top
 
 
 async def test_a_prefix_being_prefilled_is_copied_not_prefilled_again(engine, chat_prompt):
+    """Requests with the same persona arriving together: the first prefills it, the others wait for
+    that prefill and copy its cells (counted as reused, not prefilled)."""
     def persona_prompt(question: str) -> list[int]:
         return chat_prompt.tokenize(chat_prompt.render([{"role": "user", "content": question}], PERSONA))
 
-    first, second = persona_prompt("What is a cat?"), persona_prompt("What is a dog?")
-    shared = common_prefix(first, second)
+    prompts = [persona_prompt(q) for q in ("What is a cat?", "What is a dog?", "What is a cow?")]
+    shared = common_prefix(prompts[0], prompts[1])
     assert shared > 300
-    greedy = dict(max_tokens=16, min_tokens=16, top_p=0.0, seed=3)
-
     await flush_pool(engine, chat_prompt)
     stats = engine.stats()
-    alone = await run(engine, request(second, **greedy))  # no copy: nothing holds the persona
-    prefilled_alone = engine.stats()["prompt_tokens_prefilled"] - stats["prompt_tokens_prefilled"]
-    assert prefilled_alone >= len(second) - 8
-
-    await flush_pool(engine, chat_prompt)
-    stats = engine.stats()
-    donor = engine.generate(request(first, **greedy))
-    copied = engine.generate(request(second, **greedy))  # arrives while the donor prefills the persona
-    results = await asyncio.gather(collect(donor), collect(copied))
+    streams = [engine.generate(request(p, max_tokens=4, min_tokens=4, seed=3)) for p in prompts]
+    results = await asyncio.gather(*(collect(s) for s in streams))
+    assert all(r.finish.reason == "length" for r in results)
     reused = engine.stats()["prompt_tokens_reused"] - stats["prompt_tokens_reused"]
     prefilled = engine.stats()["prompt_tokens_prefilled"] - stats["prompt_tokens_prefilled"]
-    assert reused >= shared - 1
-    assert prefilled <= len(first) + len(second) - shared + 1
-    assert results[1].tokens == alone.tokens  # the copied cells are the cells a prefill makes
+    assert reused >= 2 * (shared - 1)
+    assert prefilled <= sum(len(p) for p in prompts) - 2 * (shared - 1)
+
+
+async def test_a_copied_prefix_gives_the_answer_a_prefill_gives(exact_engine, chat_prompt):
+    """The same request answers the same at top_p 0 whether its persona was copied from a running
+    sequence or prefilled by itself (exact with q8_0 cells, see exact_engine)."""
+    def persona_prompt(question: str) -> list[int]:
+        return chat_prompt.tokenize(chat_prompt.render([{"role": "user", "content": question}], PERSONA))
+
+    async def flush() -> None:  # both sequences taken over by unrelated prompts: no persona cached
+        await asyncio.gather(*(run(exact_engine, request(prompt_of(chat_prompt, f"Say {i}."), max_tokens=2)) for i in range(2)))
+
+    first, second = persona_prompt("What is a cat?"), persona_prompt("What is a dog?")
+    greedy = dict(max_tokens=16, min_tokens=16, top_p=0.0, seed=3)
+    await flush()
+    before = exact_engine.stats()["prompt_tokens_reused"]
+    alone = await run(exact_engine, request(second, **greedy))  # a full prefill
+    assert exact_engine.stats()["prompt_tokens_reused"] - before < 16
+    await flush()
+    before = exact_engine.stats()["prompt_tokens_reused"]
+    donor = exact_engine.generate(request(first, **greedy))
+    copied = exact_engine.generate(request(second, **greedy))  # arrives while the donor prefills the persona
+    _, beside = await asyncio.gather(collect(donor), collect(copied))
+    assert exact_engine.stats()["prompt_tokens_reused"] - before >= common_prefix(first, second) - 1
+    assert beside.tokens == alone.tokens
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -16,6 +16,8 @@ from llama_cpp import llama_cpp as L
 
 from qfserve.engine.llamacpp.protocol import WorkerConfig
 
+KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0}
+
 GGML_LOG_LEVEL_DEBUG = 1  # ggml.h; llama-cpp-python 0.3.36's own logger maps these levels wrongly
 GGML_LOG_LEVEL_INFO = 2
 GGML_LOG_LEVEL_WARN = 3
@@ -83,16 +85,19 @@ class NativeModel:
         context_params.n_threads = config.threads
         context_params.n_threads_batch = config.threads  # both, or prefill uses the default of 4
         context_params.no_perf = True
-        # 8-bit KV cells (q8_0), without llama.cpp's Hadamard "attention rotation":
-        # - half the memory of f16, so the same memory holds twice the tokens;
-        # - attention accumulates in f32 and runs one kernel whether a sequence decodes alone or in
-        #   a batch (with f16 cells a lone sequence switches to a split-KV kernel and sums in f16),
-        #   so a seeded answer does not depend on what else runs. This model's logits move by up to
-        #   ~1 when rounding changes anywhere, so only bit-identical attention keeps answers equal;
-        # - measured here: with the rotation, q8_0 attention over cells out of position order
-        #   differs (0.8 in the logits) from the same cells in order; without it, it is identical.
-        #   The rotation is read from the environment when the context is made (this process only).
-        context_params.type_k = context_params.type_v = int(os.environ.get("QFSERVE_KV_TYPE", L.GGML_TYPE_Q8_0))
+        # KV cells in f16 (llama-server's default) or q8_0 (`kv_type`):
+        # - f16: llama.cpp's fast attention kernels: a tiled one for prompt chunks of 64+ tokens, and
+        #   a split-KV one for a sequence decoding alone past 256 cells. Other chunks and batched
+        #   decoding use the plain kernel, which rounds differently, and this model's logits move by
+        #   up to ~1 when rounding changes anywhere: so an answer can depend on what else ran.
+        # - q8_0: half the memory, and only the plain kernel (f32 sums): bit-identical attention
+        #   whatever the batch or chunking, but prompts of thousands of tokens prefill several times
+        #   slower on a CPU.
+        # llama.cpp's Hadamard "attention rotation" of quantized cells stays off: measured here, with
+        # it q8_0 attention over cells out of position order (a unified pool) differs by 0.8 in the
+        # logits from the same cells in order; without it, it is identical. It is read from the
+        # environment when the context is made (this process only).
+        context_params.type_k = context_params.type_v = KV_TYPES[config.kv_type]
         os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"
         self.ctx = L.llama_init_from_model(self.model, context_params)
         if not self.ctx:

@@ -50,6 +50,7 @@ class WorkerConfig:
     kv_cells: int = 4 * DEFAULT_CTX_PER_SEQ  # KV cells of the engine, all sequences together (llama.cpp n_ctx)
     ctx_per_seq: int = 0  # most cells one sequence may hold; 0: kv_cells / parallel (or the whole pool, unified)
     kv_unified: bool = False  # one pool the sequences share, instead of a region each (see native.py)
+    kv_type: str = "f16"  # f16 or q8_0 (see native.py)
     threads: int = 2
     queue_size: int = 64  # requests allowed to wait for a free sequence
     max_queue_wait: float = 30.0  # seconds a request may wait before it starts (336100 beyond)

@@ -112,6 +112,8 @@ class EngineWorker:
         self.busy_seconds = 0.0  # time inside steps
         self.decode_seconds = 0.0  # of which inside llama_decode
         self._last_decode = 0.0
+        self._pool_counted_at = 0.0
+        self._pool_counts: dict = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -200,8 +202,6 @@ class EngineWorker:
             self._last_stats = stats
 
     def stats(self) -> dict:
-        pool = self.pool
-        used = pool.used_cells()
         return {
             "running": len(self.running),
             "waiting": len(self.waiting),
@@ -211,18 +211,28 @@ class EngineWorker:
             "prompt_tokens_reused": self.prompt_tokens_reused,
             "prompt_tokens_prefilled": self.prompt_tokens_prefilled,
             "queue_timeouts": self.queue_timeouts,
-            # The KV pool: cells held now, cells running sequences may still grow into, and cells
-            # only idle sequences' cached prefixes hold (evicted when needed).
-            "kv_cells": pool.n_cells,
-            "kv_used": used,
-            "kv_reserved": sum(seq.growth() for seq in self.running.values()),
-            "kv_cached": pool.cached_cells(),
             # Where a step's time goes: llama_decode versus everything else in the loop (the profile
             # the benchmark prints).
             "busy_seconds": round(self.busy_seconds, 4),
             "decode_seconds": round(self.decode_seconds, 4),
+            **self._pool_stats(),
             **self.timer.rates(self.config.parallel),
         }
+
+    def _pool_stats(self) -> dict:
+        """The KV cells: held now, still to be grown into by running sequences, and held only by
+        idle sequences' cached prefixes (evicted when needed). Counted at most every 0.2 s: the
+        count walks every slot, and stats go out with every step."""
+        now = time.monotonic()
+        if now - self._pool_counted_at >= 0.2 or not self.running:
+            self._pool_counted_at = now
+            self._pool_counts = {
+                "kv_cells": self.pool.n_cells,
+                "kv_used": self.pool.used_cells(),
+                "kv_reserved": sum(seq.growth() for seq in self.running.values()),
+                "kv_cached": self.pool.cached_cells(),
+            }
+        return self._pool_counts
 
     # -- admission ----------------------------------------------------------------------------
 
