@@ -25,6 +25,7 @@ from qfserve.engine.base import (
     FinishEvent,
     GenerateRequest,
     TokenEvent,
+    TopLogprob,
 )
 from qfserve.engine.llamacpp import protocol
 from qfserve.engine.llamacpp.admission import Flight, WaitPredictor
@@ -337,20 +338,23 @@ class LlamaCppEngine(Engine):
         except RuntimeError:
             pass  # that loop is closed
 
-    def _dispatch(self, events: list, worker_stats: dict) -> None:
+    def _dispatch(self, events: list, worker_stats: dict | None) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
         with self._lock:
-            self._worker_stats = worker_stats
-            self.predictor.update(worker_stats)
-            for request_id in worker_stats.get("started", ()):
-                route = self._routes.get(request_id)
-                if route is not None:
-                    route.started = True
+            if worker_stats is not None:  # None: unchanged since the last ones
+                self._worker_stats = worker_stats
+                self.predictor.update(worker_stats)
+                for request_id in worker_stats.get("started", ()):
+                    route = self._routes.get(request_id)
+                    if route is not None:
+                        route.started = True
             for request_id, event in events:
                 route = self._routes.get(request_id)
                 if route is None:
                     continue
-                if isinstance(event, TokenEvent):
+                if isinstance(event, tuple):  # a token (protocol.EVENTS)
+                    token, text, logprob, top, token_text = event
+                    event = TokenEvent(token, text, logprob, tuple(TopLogprob(t, lp) for t, lp in top), token_text)
                     route.completion_tokens += 1
                 else:
                     del self._routes[request_id]

@@ -19,7 +19,9 @@ SHUTDOWN = "shutdown"  # (SHUTDOWN,)
 PROGRESS = "progress"  # (PROGRESS, fraction 0..1) while the model loads
 READY = "ready"  # (READY, {"n_ctx_seq": int, "n_vocab": int, ...})
 LOAD_FAILED = "load_failed"  # (LOAD_FAILED, message)
-EVENTS = "events"  # (EVENTS, [(request_id, TokenEvent | FinishEvent), ...], stats dict)
+EVENTS = "events"  # (EVENTS, [(request_id, token tuple | FinishEvent), ...], stats dict or None: unchanged)
+# A token event on the wire: (token_id, text, logprob, ((token text, logprob), ...), token_text),
+# the fields of base.TokenEvent in order.
 
 # The error of a FinishEvent for a request refused for load (it waited `max_queue_wait` without
 # starting, or the queue was full): the client raises EngineOverloaded for it (336100).

@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from qfserve.engine.base import FinishEvent, FinishReason, GenerateRequest, TokenEvent, TopLogprob
+from qfserve.engine.base import FinishEvent, FinishReason, GenerateRequest
 from qfserve.engine.llamacpp import protocol
 from qfserve.engine.llamacpp.kvpool import KVPool, Slot, common_prefix_length
 from qfserve.engine.llamacpp.native import NativeModel
@@ -96,7 +96,7 @@ class EngineWorker:
         self.waiting: dict[str, GenerateRequest] = {}  # insertion order is arrival order
         self.enqueued_at: dict[str, float] = {}
         self.running: dict[str, Sequence] = {}
-        self.outbox: list[tuple[str, TokenEvent | FinishEvent]] = []
+        self.outbox: list[tuple[str, tuple | FinishEvent]] = []  # token events as tuples (see _sample)
         self.started: list[str] = []  # requests started since the last message (the client's queue model)
         self.shutting_down = False
         self.timer = StepTimer()
@@ -113,6 +113,7 @@ class EngineWorker:
         self.decode_seconds = 0.0  # of which inside llama_decode
         self._last_decode = 0.0
         self._pool_counted_at = 0.0
+        self._stats_sent_at = 0.0
         self._pool_counts: dict = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -192,14 +193,21 @@ class EngineWorker:
             self.shutting_down = True
 
     def _flush(self) -> None:
-        """One message per step with all events; stats ride along (and are sent when they change)."""
-        stats = self.stats()
-        if (self.outbox or self.started or stats["running"] != self._last_stats.get("running")
-                or stats["waiting"] != self._last_stats.get("waiting")):
+        """One message per step with all events. The stats ride along when a sequence started,
+        ended or queued, and at least every 0.2 s; otherwise the message carries None for them
+        (pickling them with every token costs both processes CPU the decode could use)."""
+        changed = (self.started or len(self.running) != self._last_stats.get("running")
+                   or len(self.waiting) != self._last_stats.get("waiting"))
+        now = time.monotonic()
+        if not (self.outbox or changed):
+            return
+        stats = None
+        if changed or now - self._stats_sent_at >= 0.2:
+            stats = self.stats()
             stats["started"], self.started = self.started, []
-            self.conn.send((protocol.EVENTS, self.outbox, stats))
-            self.outbox = []
-            self._last_stats = stats
+            self._last_stats, self._stats_sent_at = stats, now
+        self.conn.send((protocol.EVENTS, self.outbox, stats))
+        self.outbox = []
 
     def stats(self) -> dict:
         return {
@@ -268,16 +276,20 @@ class EngineWorker:
         self.enqueued_at[request.request_id] = time.monotonic()
 
     def _expire_waiting(self) -> None:
-        """A request that could not start within the bound is refused (336100), not left hanging."""
+        """A request that could not start within the bound is refused (336100), not left hanging.
+        Background work (nobody waits on it, and it yields to every live request) gets ten times
+        the bound."""
         if not self.waiting:
             return
-        deadline = time.monotonic() - self.config.max_queue_wait
-        for request_id in [r for r, at in self.enqueued_at.items() if at < deadline]:
-            request = self.waiting.pop(request_id, None)
+        now = time.monotonic()
+        bound = self.config.max_queue_wait
+        expired = [request_id for request_id, request in self.waiting.items()
+                   if now - self.enqueued_at[request_id] > (bound if request.priority == 0 else 10 * bound)]
+        for request_id in expired:
+            request = self.waiting.pop(request_id)
             self.enqueued_at.pop(request_id, None)
-            if request is not None:
-                self.queue_timeouts += 1
-                self._refuse(request, protocol.OVERLOADED)
+            self.queue_timeouts += 1
+            self._refuse(request, protocol.OVERLOADED)
 
     def _next_waiting(self) -> GenerateRequest:
         """Live requests first; within a priority, arrival order (min keeps the first of equals)."""
@@ -532,9 +544,10 @@ class EngineWorker:
         if params.logprobs or params.top_logprobs > 0:
             logprob, ranked = token_logprobs(native.ctx, index, native.n_vocab, token, params.top_logprobs)
             # Each alternative shows the characters it would have completed, not a broken byte.
-            top = tuple(TopLogprob(seq.text.text_if(native.piece(t)), lp) for t, lp in ranked)
+            top = tuple((seq.text.text_if(native.piece(t)), lp) for t, lp in ranked)
         text = seq.text.push(piece)
-        self.outbox.append((seq.request_id, TokenEvent(token, text, logprob, top, seq.text.last_decoded)))
+        # A plain tuple (protocol.TOKEN): cheaper to pickle than the dataclass; the client builds it.
+        self.outbox.append((seq.request_id, (token, text, logprob, top, seq.text.last_decoded)))
 
         if seq.text.stopped:
             self._finish(seq, "stop")
