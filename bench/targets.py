@@ -118,7 +118,8 @@ class LlamaServerTarget:
         self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = open(tempfile.gettempdir() + f"/llama-server-{self.port}.log", "w")  # kept for post-mortems
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
 
