@@ -38,10 +38,20 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on and this process has not handed out before: the kernel can give
+    the same free port to two bind(0) calls in a row, and two targets on one port (llama-server
+    binds with SO_REUSEPORT) would share each other's requests."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 async def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
