@@ -129,7 +129,9 @@ class LlamaServerTarget:
 
     async def start(self) -> None:
         log = open(tempfile.gettempdir() + f"/llama-server-{self.port}.log", "w")  # kept for post-mortems
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        # A stdin pipe held open: run in the background (stdin at EOF), llama-server stopped after
+        # its first requests with "cleaning up before exit".
+        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
         await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
 
