@@ -14,6 +14,7 @@ from typing import Callable
 
 from llama_cpp import llama_cpp as L
 
+from qfserve.engine.llamacpp.cpu_turns import CpuTurns
 from qfserve.engine.llamacpp.protocol import WorkerConfig
 
 KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0}
@@ -49,6 +50,7 @@ class _LlamaLog:
 class NativeModel:
     def __init__(self, config: WorkerConfig, on_progress: Callable[[float], None]) -> None:
         self._log = _LlamaLog()
+        self._turns = CpuTurns(config.threads)  # one decode at a time beside other workers (cpu_turns.py)
         L.llama_backend_init()
 
         # Kept on self: ctypes callbacks must outlive the call that uses them.
@@ -146,7 +148,8 @@ class NativeModel:
             batch.seq_id[i][0] = seq_id
             batch.logits[i] = want_logits
         batch.n_tokens = len(tokens)  # llama_batch_init leaves it unset
-        return L.llama_decode(self.ctx, batch)
+        with self._turns:
+            return L.llama_decode(self.ctx, batch)
 
     def truncate(self, seq_id: int, keep: int) -> bool:
         """Drop this sequence's cells from position `keep` on (keep=0 wipes it)."""
@@ -214,6 +217,7 @@ class NativeModel:
         self._active_adapter = path
 
     def close(self) -> None:
+        self._turns.close()
         L.llama_batch_free(self._batch)
         L.llama_free(self.ctx)
         for adapter in self._adapters.values():
