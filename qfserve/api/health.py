@@ -2,7 +2,8 @@
 
 Anonymous callers learn only ok / ready / not ready. `/metrics` (model paths, service names,
 counters) needs `Authorization: Bearer <metrics_token>`; with no token configured it is served to
-loopback clients only.
+loopback clients only. The same callers get `/readyz` with each engine's load beside the status
+(KV cells used, running and waiting sequences, the predicted queue wait).
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ async def readyz(request: Request) -> Response:
     state = request.app.state
     engines = state.engines.engines()
     details = {path: engine.stats() for path, engine in engines.items()}
-    saturated = any(s.get("waiting", 0) >= state.settings.queue_size > 0 for s in details.values())
+    # Saturated: a new live request would be refused at once (a full queue, or a predicted wait
+    # past --max-queue-wait), so a load balancer should send it elsewhere.
+    saturated = any(s.get("waiting", 0) >= state.settings.queue_size > 0
+                    or s.get("predicted_wait_seconds", 0) > state.settings.max_queue_wait for s in details.values())
     ready = state.engines.ready and not saturated and not getattr(state, "shutting_down", False)
-    return json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
+    body: dict = {"status": "ready" if ready else "not ready"}
+    if _metrics_refusal(request) is None:
+        body["models"] = details
+    return json_response(body, status=200 if ready else 503)
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -200,11 +200,18 @@ def test_token_endpoint_throttle_keeps_oauth_shape(world):
 # --- what anonymous callers see ------------------------------------------------------------------
 
 
-def test_readyz_says_only_ready(world):
+def test_readyz_says_only_ready_to_strangers(world):
     data_dir, _, _ = world
-    with client_for(data_dir) as client:
+    with client_for(data_dir, client=REMOTE) as client:
         response = client.get("/readyz")
         assert response.status_code == 200 and response.json() == {"status": "ready"}
+    # Whoever may read /metrics also sees each engine's load (issue 15).
+    with client_for(data_dir, client=LOOPBACK) as client:
+        response = client.get("/readyz")
+        assert response.json()["status"] == "ready" and "models" in response.json()
+    with client_for(data_dir, client=REMOTE, metrics_token="s3cret") as client:
+        assert "models" not in client.get("/readyz").json()
+        assert "models" in client.get("/readyz", headers={"Authorization": "Bearer s3cret"}).json()
 
 
 def test_metrics_loopback_only_without_a_token(world):

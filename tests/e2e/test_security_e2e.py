@@ -120,10 +120,12 @@ def test_no_server_header(secure_server):
     assert "server" not in response.headers
 
 
-def test_readyz_reveals_nothing(secure_server):
-    response = requests.get(secure_server.base_url + "/readyz", timeout=10)
-    assert response.json() == {"status": "ready"}
-    assert "gguf" not in response.text.lower()
+def test_readyz_shows_engine_load_to_loopback(secure_server):
+    # Strangers (not loopback, no metrics token) get the status alone: tests/api/test_security_api.py.
+    local = requests.get(secure_server.base_url + "/readyz", timeout=10).json()
+    assert local["status"] == "ready"
+    model = next(iter(local["models"].values()))
+    assert {"kv_cells", "kv_used", "running", "waiting", "predicted_wait_seconds"} <= set(model), model
 
 
 # --- bce-auth-v1 strictness and replay -----------------------------------------------------------

@@ -268,6 +268,9 @@ class LlamaCppEngine(Engine):
             rejected = self.rejected
         running = stats.get("running", 0)
         stats.pop("started", None)
+        # Before the worker's first stats message: the pool as it was made, empty.
+        stats.setdefault("kv_cells", self.worker_info.get("kv_cells", 0))
+        stats.setdefault("kv_used", 0)
         stats.update(
             running=running,
             waiting=max(0, in_flight - running),  # includes requests still in the pipe
