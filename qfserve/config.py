@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     ctx_per_seq: int = Field(4096, ge=256, description="KV cache cells per sequence")
     threads: int = Field(default_factory=physical_cores, ge=1)
     queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
+    tool_call_threshold: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="tool_choice auto: call when the call marker is at least this likely at the answer's start",
+    )
 
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")

@@ -34,6 +34,7 @@ def embedded_engine_factory(settings: Settings) -> Callable[[str], Engine]:
             ctx_per_seq=settings.ctx_per_seq,
             threads=settings.threads,
             queue_size=settings.queue_size,
+            tool_call_threshold=settings.tool_call_threshold,
         )
 
     return make

