@@ -65,8 +65,8 @@ class ConstrainedSampler:
         self.text = SequenceSampler(params, native.n_vocab, native.eog_ids)  # free text / before deciding
         self.markers = marker_tokens(native, constraint.prefix) if constraint.lazy else None
         self.mode = "undecided" if constraint.lazy else "constrained"
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._candidates = np.empty(self.n_vocab, dtype=TOKEN_DATA)
-        self._candidates["id"] = np.arange(self.n_vocab, dtype=np.int32)
         self._array = L.llama_token_data_array(
             data=ctypes.cast(self._candidates.ctypes.data, L.llama_token_data_p), size=0, selected=-1, sorted=False
         )
@@ -145,6 +145,8 @@ class ConstrainedSampler:
         return token
 
     def _fill(self, logits: np.ndarray) -> None:
+        # Samplers sort this buffer in place, so the ids are laid out again every time.
+        self._candidates["id"] = self._ids
         self._candidates["logit"] = logits
         self._candidates["p"] = 0.0
         self._array.data = ctypes.cast(self._candidates.ctypes.data, L.llama_token_data_p)
@@ -164,6 +166,9 @@ class ConstrainedSampler:
         self._fill(logits)
         L.llama_sampler_apply(self.head, array)
         L.llama_sampler_apply(self.grammar, array)
+        # The grammar may have rejected the top candidate: the order no longer holds (samplers that
+        # trust `sorted` would take -inf for the maximum and make every probability NaN).
+        self._array.sorted = False
         if self._all_rejected():
             # No top_k candidate is valid here (a forced literal, or the end of the JSON): the
             # grammar filters the whole vocabulary, then the head picks among what is left.
