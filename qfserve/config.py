@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=physical_cores, ge=1)
     queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
     tool_call_threshold: float = Field(
-        0.05, ge=0.0, le=1.0,
+        0.1, ge=0.0, le=1.0,
         description="tool_choice auto: call when the call marker is at least this likely at the answer's start",
     )
 
