@@ -128,7 +128,7 @@ def _response_constraint(request: ChatRequest) -> Constraint | None:
     if fmt is None or fmt.type == "text":
         return None
     schema = fmt.json_schema if fmt.type == "json_schema" and fmt.json_schema else {"type": "object"}
-    return Constraint(json.dumps(schema, ensure_ascii=False, sort_keys=True))
+    return Constraint(json.dumps(schema, ensure_ascii=False))
 
 
 def _service_setting(service: Service, name: str, default):

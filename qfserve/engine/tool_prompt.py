@@ -4,7 +4,7 @@ The embedded engine's default model (SmolLM2) has no tool tokens, so qfserve wri
 into the prompt itself and reads a call back from a fixed syntax:
 
 - The system turn ends with a function block: an instruction, then one line of JSON per function
-  (`{"name", "description", "parameters"}`).
+  the answer may call (`{"name", "description", "parameters"}`; only the named one when forced).
 - One example exchange per prompt shows the syntax: the function's own `examples` when the caller
   gave some, otherwise a synthetic one (its description as the question, placeholder arguments).
 - A call is an answer that **starts with** `<tool_call>` followed by one JSON object
@@ -31,8 +31,8 @@ RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
 
 # Caps the grammar adds where a schema leaves a size open, so a small model that rambles inside a
 # string still closes the call within max_output_tokens. A value within them is valid for the schema.
-STRING_CAP = 256
-ARRAY_CAP = 32
+STRING_CAP = 160
+ARRAY_CAP = 10
 
 INSTRUCTION = (
     "You can call functions. If the user's request matches a function's description, call it: "
@@ -55,8 +55,9 @@ def render_call(name: str, arguments: str) -> str:
 
 
 def system_block(tools: Tools) -> str:
+    """The instruction and the functions the answer may call (only the named one when forced)."""
     lines = []
-    for function in tools.functions:
+    for function in tools.offered():
         lines.append(_dumps({"name": function.name, "description": function.description,
                              "parameters": json.loads(function.parameters)}))
     return INSTRUCTION + "\n".join(lines)

@@ -22,7 +22,6 @@ from qfserve.engine.base import Constraint
 
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
-CALL_PROPERTY_ORDER = ["name", "arguments"]
 
 
 def _literal(text: str) -> str:
@@ -68,7 +67,7 @@ def numeric_rule(schema: dict) -> str:
     raise ValueError("number bounds other than minimum 0")
 
 
-def _converter(prop_order: list[str]):
+def _converter():
     from llama_cpp.llama_grammar import SchemaConverter
 
     class BoundedConverter(SchemaConverter):
@@ -85,13 +84,14 @@ def _converter(prop_order: list[str]):
                 return self._add_rule(rule_name, numeric_rule(schema))
             return super().visit(schema, name)
 
-    order = {name: index for index, name in enumerate(prop_order)}
-    return BoundedConverter(prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False)
+    # No property order of our own: properties are written in the order the schema lists them.
+    return BoundedConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def _json_schema_to_gbnf(json_schema: str) -> str:
-    converter = _converter(CALL_PROPERTY_ORDER)
-    schema = converter.resolve_refs(json.loads(json_schema), "stdin")
+    schema = json.loads(json_schema)
+    converter = _converter()
+    schema = converter.resolve_refs(schema, "stdin")
     converter.visit(schema, "")
     return converter.format_grammar()
 
@@ -136,4 +136,5 @@ def check_grammar(vocab, grammar: str) -> None:
 
 
 def schema_text(schema: dict) -> str:
-    return json.dumps(schema, ensure_ascii=False, sort_keys=True)
+    # Key order kept: the grammar writes properties in the order the schema lists them.
+    return json.dumps(schema, ensure_ascii=False)
