@@ -35,4 +35,4 @@ bench: install-test
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) qfserve-data
+	rm -rf $(VENV)

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from qfserve.engine.llamacpp.protocol import physical_cores
+from qfserve.limits.days import DEFAULT_TIMEZONE, check_timezone
 
 CONFIG_FILE = "qfserve.toml"
 PID_FILE = "qfserve.pid"  # written by a running server, read by `qfserve safety reload`
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder (e.g. ~/.local/share/qfserve): the same from every working
+    directory, so a command run elsewhere never starts a new empty database by accident."""
+    from platformdirs import user_data_path
+
+    return user_data_path("qfserve")
 
 
 class Settings(BaseSettings):
@@ -20,9 +35,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8360
-    data_dir: Path = Path("./qfserve-data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     log_level: str = "info"
     log_json: bool = False
+    access_log: bool = Field(True, description="one log line per request (qfserve.access)")
+    drain_seconds: float = Field(30.0, ge=0, description="after SIGTERM: how long running answers may finish")
 
     # Embedded engine
     parallel: int = Field(4, ge=1, le=64, description="max concurrent sequences per base model")
@@ -37,15 +54,32 @@ class Settings(BaseSettings):
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
     redis_url: str | None = None
+    max_in_flight: int = Field(0, ge=0, description="chat requests in flight before answering 4 (0: no ceiling)")
+    quota_timezone: str = Field(DEFAULT_TIMEZONE, description="where an app's daily quota day starts and ends")
     auth_fail_limit: int = 20
     auth_fail_window: float = 60.0
     signature_clock_skew: int = 300
     signature_max_expiration: int = 3600
 
-    # Content safety
-    safety_lexicon: list[Path] = Field(default_factory=list)
+    # Content safety. In the environment: QFSERVE_SAFETY_LEXICON="a.tsv:b.tsv" (PATH-style) and
+    # QFSERVE_SAFETY_CATEGORY_LEVELS="ads=2,politics=3", the forms the CLI flags take.
+    safety_lexicon: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     safety_allow: Path | None = None
-    safety_category_levels: dict[str, int] = Field(default_factory=dict)
+    safety_category_levels: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+
+    @field_validator("safety_lexicon", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        return split_paths([value]) if isinstance(value, str) else value
+
+    @field_validator("safety_category_levels", mode="before")
+    @classmethod
+    def _parse_levels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from qfserve.safety import parse_category_levels
+
+            return parse_category_levels(value)
+        return value
 
     # User memory
     memory_max_per_user: int = 200
@@ -53,6 +87,11 @@ class Settings(BaseSettings):
     memory_semantic: bool = Field(False, description="add an embedding score to recall (needs qfserve[semantic])")
 
     _toml_path: Path | None = None
+
+    @field_validator("quota_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return check_timezone(value)
 
     @classmethod
     def settings_customise_sources(
@@ -69,10 +108,15 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def split_paths(values: list) -> list[Path]:
+    """Paths given PATH-style (a.tsv:b.tsv) or one per item."""
+    return [Path(part) for value in values for part in str(value).split(os.pathsep) if part.strip()]
+
+
 def load_settings(**flags: Any) -> Settings:
     """Build settings from flags (None means not given), the environment and the data dir's toml file."""
     given = {k: v for k, v in flags.items() if v is not None and v != [] and v != ()}
-    data_dir = Path(given.get("data_dir") or os.environ.get("QFSERVE_DATA_DIR") or "./qfserve-data")
+    data_dir = Path(given.get("data_dir") or os.environ.get("QFSERVE_DATA_DIR") or default_data_dir())
     Settings._toml_path = data_dir / CONFIG_FILE
     try:
         return Settings(**given)

@@ -15,3 +15,7 @@ TTFT = Histogram("qfserve_time_to_first_token_seconds", "Time to first token", [
 ITL = Histogram("qfserve_inter_token_latency_seconds", "Time between tokens", ["service"], buckets=_TOKEN_BUCKETS)
 QUEUE_TIME = Histogram("qfserve_queue_time_seconds", "Admission to first engine step", ["service"], buckets=_LATENCY_BUCKETS)
 E2E = Histogram("qfserve_request_seconds", "End-to-end request latency", ["service"], buckets=_LATENCY_BUCKETS)
+LIMIT_REJECTIONS = Counter("qfserve_limit_rejections_total",
+                           "Requests refused by a limit, by code and reason (in_flight, daily, qps, auth_failures, rpm, tpm)",
+                           ["code", "reason"])
+IN_FLIGHT = Gauge("qfserve_requests_in_flight", "Chat requests in flight (the --max-in-flight ceiling counts these)")

@@ -30,7 +30,9 @@ def free_port() -> int:
 
 def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "QFSERVE_DATA_DIR": str(data_dir), "COLUMNS": "200"}
-    result = subprocess.run([*QFSERVE, *args], env=env, capture_output=True, text=True, timeout=120)
+    # No terminal on stdin, as in a script: destructive commands don't stop to ask.
+    result = subprocess.run([*QFSERVE, *args], env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
         raise AssertionError(f"qfserve {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -9,16 +11,21 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, health, memory_routes, oauth
+from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
+from qfserve.api.access_log import AccessLogMiddleware
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.throttle import FailedAuthThrottle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
+from qfserve.console.jobs import JobRunner
 from qfserve.config import Settings
 from qfserve.engine.base import Engine
-from qfserve.limits import make_limiter
+from qfserve.limits import QuotaCalendar, make_limiter
+from qfserve.limits.inflight import InFlightLimit
+from qfserve.limits.usage import UsageRecorder
 from qfserve.services.engines import EngineRegistry
 from qfserve.store import services as service_store
+from qfserve.store import usage as usage_store
 from qfserve.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -69,20 +76,29 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
-def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None,
+               moderator=None) -> FastAPI:
+    """`moderator`: lexicons already loaded (`qfserve serve` loads them before starting, to fail fast)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
         state.settings = settings
         state.store = Store(settings.data_dir)
-        state.limiter = make_limiter(settings.limiter, settings.redis_url)
+        calendar = QuotaCalendar(settings.quota_timezone)
+        state.limiter = make_limiter(settings.limiter, settings.redis_url, calendar=calendar,
+                                     daily_seed=functools.partial(usage_store.requests_on, state.store))
+        state.in_flight = InFlightLimit(settings.max_in_flight)
+        state.usage = UsageRecorder(state.store, calendar)
         state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
         state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
-        state.moderator = _moderator(settings)
+        state.moderator = moderator if moderator is not None else _moderator(settings)
         state.serving = ChatServing(
-            store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator, memory=_memory(settings, state.store),
+            store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator,
+            memory=_memory(settings, state.store), usage=state.usage,
         )
         state.shutting_down = False
+        state.console_jobs = JobRunner(state.store)
         pid_file = settings.data_dir / PID_FILE
         pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
@@ -95,15 +111,20 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             yield
         finally:
             state.shutting_down = True
+            await asyncio.to_thread(state.console_jobs.close)
             await state.serving.drain()
+            await state.usage.close()
             await state.engines.close()
             await state.limiter.close()
             state.store.close()
             pid_file.unlink(missing_ok=True)
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.requests_open = 0  # requests being answered (any route), counted by the access-log middleware
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
     for module in (oauth, chat, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
+    console_ui.install(app)
     return app

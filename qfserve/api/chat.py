@@ -9,8 +9,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import JSON_TYPE, error_response
+from qfserve.limits.inflight import InFlightSlot
 from qfserve.protocol import v1
 from qfserve.protocol.chat import parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
@@ -38,10 +40,26 @@ def _decode_body(raw: bytes):
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 async def chat(api_path: str, request: Request) -> Response:
     rid = request.state.request_id = request_id()
+    note(request, service=api_path)
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
+    if getattr(request.app.state, "shutting_down", False):
+        raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
     app = await authenticated_app(request)
     body = _decode_body(await request.body())
+    # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
+    slot = request.app.state.in_flight.acquire()
+    streaming = False
+    try:
+        response = await _answer(request, app, api_path, body, rid, slot)
+        streaming = isinstance(response, _SlotHoldingStream)  # the stream gives the slot back itself
+        return response
+    finally:
+        if not streaming:
+            slot.release()
+
+
+async def _answer(request: Request, app, api_path: str, body, rid: str, slot: InFlightSlot) -> Response:
     serving = request.app.state.serving
     service = await serving.service_for(app, api_path)
     chat_request = parse_chat_request(body)
@@ -49,34 +67,55 @@ async def chat(api_path: str, request: Request) -> Response:
     logprobs = prepared.params.logprobs
     if chat_request.stream:
         chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)
-        return await _stream(prepared, chunks)
+        return await _stream(request, prepared, chunks, slot)
     try:
         answer = await _unless_disconnected(
             request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
+        note(request, code=error.code)
         return error_response(error, rid, headers=prepared.headers)
+    note_usage(request, answer.usage)
     return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
 
-async def _stream(prepared, chunks) -> Response:
+class _SlotHoldingStream(StreamingResponse):
+    """A streaming answer that gives its in-flight slot back when it ends, however it ends
+    (finished, client gone, cancelled): the generator's own `finally` does not run if it never starts."""
+
+    def __init__(self, *args, slot: InFlightSlot, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
+async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Response:
     try:
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
+        note(request, code=error.code)
         return error_response(error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:
         try:
+            note_usage(request, first.usage)
             yield sse_event(v1.dump(first))
             async for chunk in chunks:
+                note_usage(request, chunk.usage)  # a client may leave mid-stream: keep the latest
                 yield sse_event(v1.dump(chunk))
         except QianfanError as error:  # after the first chunk, errors travel as a data line
+            note(request, code=error.code)
             yield sse_event(orjson.dumps(error.body(prepared.request_id)))
         finally:
             await chunks.aclose()
 
     headers = {"Cache-Control": "no-cache", **prepared.headers}
-    return StreamingResponse(events(), media_type=SSE_TYPE, headers=headers)
+    return _SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
 
 
 async def _unless_disconnected(request: Request, work):

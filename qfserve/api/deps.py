@@ -7,6 +7,7 @@ import time
 
 from fastapi import Request
 
+from qfserve.api.access_log import note
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.store import tokens as token_store
 from qfserve.store.apps import App
@@ -24,7 +25,9 @@ async def authenticated_app(request: Request) -> App:
     if throttle is not None:
         throttle.check(address)
     try:
-        return await _authenticate(request)
+        app = await _authenticate(request)
+        note(request, app=app.name)  # for the access log
+        return app
     except QianfanError as error:
         if throttle is not None and error.code in (Code.TOKEN_INVALID, Code.TOKEN_EXPIRED, Code.IAM_FAILED,
                                                     Code.INVALID_PARAMETER):

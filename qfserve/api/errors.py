@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from qfserve import metrics
+from qfserve.api.access_log import note
+from qfserve.limits.base import LimitRefused
 from qfserve.protocol.errors import Code, OAuthError, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -28,7 +30,12 @@ def json_response(body: dict, status: int = 200, headers: dict | None = None) ->
 
 
 def error_response(error: QianfanError, rid: str | None = None, headers: dict | None = None) -> Response:
+    """The wire body; the error's own headers (a limit's budget and Retry-After) win over `headers`."""
     metrics.ERRORS.labels(str(error.code)).inc()
+    if isinstance(error, LimitRefused):
+        metrics.LIMIT_REJECTIONS.labels(str(error.code), error.reason).inc()
+    if error.headers:
+        headers = {**(headers or {}), **error.headers}
     return json_response(error.body(rid or request_id()), headers=headers)
 
 
@@ -39,25 +46,27 @@ def _rid(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QianfanError)
     async def _qianfan(request: Request, exc: QianfanError) -> Response:
+        note(request, code=exc.code)
         return error_response(exc, _rid(request))
 
     @app.exception_handler(OAuthError)
     async def _oauth(request: Request, exc: OAuthError) -> Response:
+        note(request, code=exc.error)
         return json_response(exc.body(), status=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        note(request, code=int(Code.INVALID_ARGUMENT))
         return error_response(QianfanError(Code.INVALID_ARGUMENT), _rid(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 405:
-            return error_response(QianfanError(Code.INVALID_HTTP_METHOD), _rid(request))
-        if exc.status_code == 404:
-            return error_response(QianfanError(Code.UNSUPPORTED_METHOD), _rid(request))
-        return error_response(QianfanError(Code.UNKNOWN), _rid(request))
+        code = {405: Code.INVALID_HTTP_METHOD, 404: Code.UNSUPPORTED_METHOD}.get(exc.status_code, Code.UNKNOWN)
+        note(request, code=int(code))
+        return error_response(QianfanError(code), _rid(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        note(request, code=int(Code.INTERNAL))
         return error_response(QianfanError(Code.INTERNAL), _rid(request))

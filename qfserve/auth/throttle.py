@@ -2,6 +2,8 @@
 
 Fixed window per address, starting at its first failure. Refusal is error 18 ("qps limit"), which the
 official SDK retries with backoff, so an honest client with a transient mistake recovers by itself.
+This is not the per-app QPS quota (qfserve.limits), which also answers 18: the metrics tell them
+apart by reason (`auth_failures` here, `qps` there). Retry-After says when the window ends.
 Memory is bounded: at most `max_addresses` windows are kept, oldest dropped first.
 """
 
@@ -12,7 +14,8 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from qfserve.protocol.errors import Code, QianfanError
+from qfserve.limits.base import LimitRefused
+from qfserve.protocol.errors import Code
 
 
 class FailedAuthThrottle:
@@ -34,7 +37,7 @@ class FailedAuthThrottle:
         self._lock = threading.Lock()
 
     def check(self, addr: str) -> None:
-        """Raise QianfanError 18 while `addr` has more than `limit` failures in its current window."""
+        """Raise LimitRefused 18 while `addr` has more than `limit` failures in its current window."""
         with self._lock:
             entry = self._failures.get(addr)
             if entry is None:
@@ -43,7 +46,7 @@ class FailedAuthThrottle:
                 del self._failures[addr]
                 return
             if entry[1] > self.limit:
-                raise QianfanError(Code.QPS_LIMIT)
+                raise LimitRefused(Code.QPS_LIMIT, "auth_failures", entry[0] + self.window - self._clock())
 
     def record_failure(self, addr: str) -> None:
         with self._lock:

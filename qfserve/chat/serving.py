@@ -31,7 +31,7 @@ from qfserve.engine.base import (
     TokenEvent,
     Tools,
 )
-from qfserve.limits.base import Limiter, Reservation, limit_key
+from qfserve.limits.base import AppQuota, Limiter, Reservation, limit_key
 from qfserve.memory import prompt as memory_prompt
 from qfserve.protocol.chat import ChatRequest
 from qfserve.protocol.errors import Code, QianfanError, out_of_range
@@ -145,12 +145,14 @@ class ChatServing:
         limiter: Limiter,
         moderator: Any = None,
         memory: Any = None,
+        usage: Any = None,
     ):
         self.store = store
         self.engines = engines
         self.limiter = limiter
         self.moderator = moderator
         self.memory = memory
+        self.usage = usage  # UsageRecorder: requests and tokens per app, service and day
         self._background: set[asyncio.Task] = set()
 
     # ---- before the answer -------------------------------------------------------------------
@@ -172,15 +174,16 @@ class ChatServing:
         key = limit_key(api_path, app.id)
 
         verdict = await self._moderate_input(request, service)
+        quota = AppQuota(app.id, app.qps, app.daily_requests)
         if verdict.input_level >= 3:
-            # The model is not called; the request still counts against RPM.
-            reservation = await self.limiter.admit(key, service.rpm, service.tpm, 0)
+            # The model is not called; the request still counts against RPM and the app's quotas.
+            reservation = await self.limiter.admit_request(key, service.rpm, service.tpm, 0, quota)
             return PreparedChat(request_id, int(time.time()), app, service, request, None, [], SamplingParams(),
                                 reservation, input_verdict=verdict)
 
         # Cheap refusals first: an app over its RPM, or an engine that could not start the request
         # in time, costs no tokenizing and no memory recall.
-        await self.limiter.check_requests(key, service.rpm)
+        await self.limiter.check_requests(key, service.rpm, service.tpm)
         engine = await self._engine(service)
         try:
             engine.check_admission()
@@ -203,7 +206,7 @@ class ChatServing:
             raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)
         # The answer may not outgrow the sequence: cut it there (is_truncated tells).
         max_tokens = min(request.max_output_tokens, profile.max_output_tokens, context - len(prompt_ids))
-        reservation = await self.limiter.admit(key, service.rpm, service.tpm, len(prompt_ids))
+        reservation = await self.limiter.admit_request(key, service.rpm, service.tpm, len(prompt_ids), quota)
         return PreparedChat(
             request_id, int(time.time()), app, service, request, engine, prompt_ids,
             _sampling_params(request, service, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
@@ -276,6 +279,7 @@ class ChatServing:
         prompt_tokens = len(prepared.prompt_tokens)
         if prepared.engine is None:  # blocked at input (flag 3)
             metrics.REQUESTS.labels(prepared.service.api_path, "content_filter").inc()
+            self._record_usage(prepared, 0, 0)
             yield ChatEnd("content_filter", Usage(prompt_tokens, 0), verdict)
             self._spawn(prepared.reservation.settle(0))
             return
@@ -377,6 +381,7 @@ class ChatServing:
             metrics.PROMPT_TOKENS.labels(service).inc(prompt_tokens)
             metrics.GENERATED_TOKENS.labels(service).inc(completion_tokens)
             metrics.E2E.labels(service).observe(time.monotonic() - prepared.started)
+            self._record_usage(prepared, prompt_tokens, completion_tokens)
             # Tokens of a cancelled answer still count against TPM; so do memory extraction's.
             self._spawn(self._after_answer(prepared, "".join(answer) if completed else "", verdict,
                                            prompt_tokens + completion_tokens))
@@ -412,6 +417,7 @@ class ChatServing:
         finally:
             if prepared.extra_tokens:
                 await prepared.reservation.settle(tokens + prepared.extra_tokens)
+                self._record_usage(prepared, prepared.extra_tokens, 0, requests=0)
 
     async def _remember(self, prepared: PreparedChat, answer: str, verdict: Verdict) -> None:
         request = prepared.request
@@ -451,6 +457,12 @@ class ChatServing:
             return "".join(parts)
 
         return generate
+
+    def _record_usage(self, prepared: PreparedChat, prompt_tokens: int, completion_tokens: int,
+                      requests: int = 1) -> None:
+        if self.usage is not None:
+            self.usage.record(prepared.app.id, prepared.service.api_path, prompt_tokens, completion_tokens,
+                              requests=requests)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

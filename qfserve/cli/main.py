@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Annotated
+
 import typer
 
+from qfserve import __version__
 from qfserve.cli import apps, safety, services
+from qfserve.cli.console import console_command
 from qfserve.cli.serve import serve
 
-app = typer.Typer(
+
+class _Cli(typer.Typer):
+    """Every failure the commands don't foresee ends as one line, not a traceback
+    (QFSERVE_DEBUG=1 shows the traceback)."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("QFSERVE_DEBUG"):
+                raise
+            sys.stderr.write(f"error: {type(exc).__name__}: {exc} (QFSERVE_DEBUG=1 shows where)\n")
+            sys.exit(1)
+
+
+app = _Cli(
     name="qfserve",
     help="Serve fine-tuned chat models over Baidu Qianfan's v1 chat API.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"qfserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Serve fine-tuned chat models over Baidu Qianfan's v1 chat API."""
+
+
 app.command("serve")(serve)
+app.command("console")(console_command)
 app.add_typer(apps.app, name="app")
 app.add_typer(services.app, name="service")
 app.add_typer(safety.app, name="safety")

@@ -8,89 +8,190 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from qfserve.cli.common import DEFAULT_DATA_DIR, DataDir, JsonFlag, console, fail, open_store, print_json
-from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from qfserve.cli.common import DataDir, JsonFlag, YesFlag, confirm, console, fail, open_store, print_json
+from qfserve.services import publishing
+from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES, sdk_endpoint
 from qfserve.store import services as service_store
+from qfserve.store.services import Service
 
-app = typer.Typer(help="Publish, list and delete chat services.", no_args_is_help=True)
+app = typer.Typer(help="Publish, change, show, list and delete chat services.", no_args_is_help=True)
+
+ApiPath = Annotated[str, typer.Argument(help="The API address: 2-64 of a-z 0-9 _ -.", show_default=False)]
+ModelHelp = "`default` (embedded SmolLM2-135M, tiny: for trying things out) or a GGUF file path."
+ProfileHelp = f"Limits profile: {', '.join(PROFILES)}."
+SafetyHelp = "Content safety policy: off, default or strict (needs lexicons on `serve`)."
+TopKHelp = "Sample from the K most likely tokens only (0: off). Default: the engine's (40)."
+MinPHelp = "Drop tokens below P × the top token's probability, 0-1 (0: off). Default: the engine's (0.05)."
 
 
-def _check_model(model: str) -> str:
-    if model == "default":
-        return model
-    path = Path(model).expanduser().resolve()
-    if not path.is_file():
-        fail(f"model file not found: {model}")
-    return str(path)
-
-
-def _check_adapter(adapter: Path, model: str) -> str:
-    from qfserve.services.adapters import AdapterError, check_adapter
-
+def _engine_default(value: str | None, parse, name: str):
+    """`--top-k`/`--min-p` on update: a number, or `default` for the engine's own value (None)."""
+    if value is None or value == "default":
+        return None
     try:
-        return check_adapter(adapter, model)
-    except AdapterError as exc:
-        fail(str(exc))
+        return parse(value)
+    except ValueError:
+        fail(f"{name} takes a number or `default`, got {value!r}")
+
+
+def _summary(s: Service) -> str:
+    sampling = "".join(f", {name} {value}" for name, value in (("top_k", s.top_k), ("min_p", s.min_p))
+                       if value is not None)
+    return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" + adapter {s.adapter}" if s.adapter else "")
+            + f", {s.profile}, {s.rpm} RPM, {s.tpm} TPM, safety {s.safety}{sampling}")
 
 
 @app.command("publish")
 def publish(
-    api_path: Annotated[str, typer.Argument(help="The API address: 2-64 of a-z 0-9 _ - (e.g. qianfan_bloomz_7b_compressed).")],
-    model: Annotated[str, typer.Option(help="`default` (embedded SmolLM2-135M) or a GGUF path.")] = "default",
+    api_path: Annotated[Optional[str], typer.Argument(
+        help="The API address: 2-64 of a-z 0-9 _ - (e.g. qianfan_bloomz_7b_compressed). Optional with --for-model.", show_default=False)] = None,
+    for_model: Annotated[Optional[str], typer.Option(
+        "--for-model", help="Publish at the endpoint the qianfan SDK calls for this model name "
+        "(ChatCompletion(model=…)), with its limits profile, e.g. ERNIE-Speed-8K → ernie_speed.")] = None,
+    model: Annotated[str, typer.Option(help=ModelHelp)] = "default",
     adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`.")] = None,
-    profile: Annotated[str, typer.Option(help=f"Limits profile: {', '.join(PROFILES)}.")] = DEFAULT_PROFILE,
+    profile: Annotated[Optional[str], typer.Option(help=ProfileHelp + f" Default: {DEFAULT_PROFILE}, "
+                                                   "or the --for-model one.", show_default=False)] = None,
     rpm: Annotated[int, typer.Option(help="Requests per minute per app.")] = service_store.DEFAULT_RPM,
     tpm: Annotated[int, typer.Option(help="Tokens per minute per app.")] = service_store.DEFAULT_TPM,
-    safety: Annotated[str, typer.Option(help="Content safety policy: off, default or strict.")] = "default",
-    replace: Annotated[bool, typer.Option(help="Replace a service already at this address.")] = False,
-    data_dir: DataDir = DEFAULT_DATA_DIR,
+    safety: Annotated[str, typer.Option(help=SafetyHelp)] = "default",
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help=TopKHelp, show_default=False)] = None,
+    min_p: Annotated[Optional[float], typer.Option("--min-p", help=MinPHelp, show_default=False)] = None,
+    replace: Annotated[bool, typer.Option(hidden=True)] = False,
+    data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish a service. A running server on the same data dir serves it from its next request."""
-    try:
-        service_store.check_api_path(api_path)
-        get_profile(profile)
-    except ValueError as exc:
-        fail(str(exc))
-    model = _check_model(model)
-    adapter_dir = _check_adapter(adapter, model) if adapter is not None else None
+    """Publish a new service. A running server on the same data dir serves it from its next request.
+
+    To change a published service use `qfserve service update`; to start over, `service delete` first.
+    """
+    if replace:
+        fail("--replace is gone (it silently reset every setting not repeated): change a service with "
+             "`qfserve service update NAME --rpm …`, or `qfserve service delete NAME` then publish again")
+    preset = False
+    if for_model is not None:
+        try:
+            endpoint = sdk_endpoint(for_model)
+        except ValueError as exc:
+            fail(str(exc))
+        if api_path is not None and api_path != endpoint:
+            fail(f"--for-model {for_model} publishes at {endpoint!r}; leave out the api_path {api_path!r}")
+        if profile is not None and profile != for_model:
+            fail(f"--for-model {for_model} uses the {for_model} profile; leave out --profile {profile}")
+        api_path, profile, preset = endpoint, for_model, True
+    if api_path is None:
+        fail("name the API address (e.g. `qfserve service publish my_svc`), or use --for-model MODEL")
     with open_store(data_dir) as store:
         try:
-            service = service_store.publish_service(
-                store, api_path, model=model, adapter=adapter_dir, profile=profile,
-                rpm=rpm, tpm=tpm, safety=safety, replace=replace,
+            service = publishing.publish(
+                store, api_path, model=model, adapter=adapter, profile=profile or DEFAULT_PROFILE,
+                rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset,
             )
-        except (ValueError, service_store.ServiceExists) as exc:
+        except publishing.PublishError as exc:
             fail(str(exc))
     if as_json:
         print_json(service.as_dict())
     else:
-        console.print(f"published [bold]{api_path}[/]: model {service.model}"
-                      + (f" + adapter {service.adapter}" if service.adapter else "")
-                      + f", {profile}, {rpm} RPM, {tpm} TPM, safety {safety}")
+        console.print("published " + _summary(service), highlight=False)
+
+
+@app.command("update")
+def update(
+    api_path: ApiPath,
+    model: Annotated[Optional[str], typer.Option(help=ModelHelp, show_default=False)] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`.",
+                                                    show_default=False)] = None,
+    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Serve the base model alone.")] = False,
+    profile: Annotated[Optional[str], typer.Option(help=ProfileHelp, show_default=False)] = None,
+    rpm: Annotated[Optional[int], typer.Option(help="Requests per minute per app.", show_default=False)] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute per app.", show_default=False)] = None,
+    safety: Annotated[Optional[str], typer.Option(help=SafetyHelp, show_default=False)] = None,
+    top_k: Annotated[Optional[str], typer.Option("--top-k", metavar="K|default",
+                                                 help=TopKHelp + " `default` goes back to it.")] = None,
+    min_p: Annotated[Optional[str], typer.Option("--min-p", metavar="P|default",
+                                                 help=MinPHelp + " `default` goes back to it.")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change the settings you name, and only those; a running server applies them on its next request."""
+    if adapter is not None and no_adapter:
+        fail("give --adapter or --no-adapter, not both")
+    changes: dict = {name: value for name, value in (("model", model), ("adapter", adapter), ("profile", profile),
+                                                     ("rpm", rpm), ("tpm", tpm), ("safety", safety))
+                     if value is not None}
+    if no_adapter:
+        changes["adapter"] = None
+    if top_k is not None:
+        changes["top_k"] = _engine_default(top_k, int, "--top-k")
+    if min_p is not None:
+        changes["min_p"] = _engine_default(min_p, float, "--min-p")
+    if not changes:
+        fail("nothing to change: name at least one of --model, --adapter, --no-adapter, --profile, --rpm, --tpm, "
+             "--safety, --top-k, --min-p")
+    with open_store(data_dir) as store:
+        try:
+            service = publishing.update(store, api_path, **changes)
+        except publishing.PublishError as exc:
+            fail(str(exc))
+    if as_json:
+        print_json(service.as_dict())
+    else:
+        console.print("updated " + _summary(service), highlight=False)
+
+
+@app.command("show")
+def show(api_path: ApiPath, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Show one service's settings."""
+    with open_store(data_dir) as store:
+        service = service_store.get_service(store, api_path)
+    if service is None:
+        fail(f"no service at {api_path!r} (see `qfserve service list`)")
+    if as_json:
+        print_json(service.as_dict())
+        return
+    table = Table(title=f"service {api_path}", show_header=False)
+    for key, value in _display(service).items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _display(s: Service, unset: str = "engine default") -> dict[str, str]:
+    row = {k: ("-" if v is None else str(v)) for k, v in s.as_dict().items() if k != "created_at"}
+    for key in ("top_k", "min_p"):
+        if getattr(s, key) is None:
+            row[key] = unset
+    return row
 
 
 @app.command("list")
-def list_(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonFlag = False) -> None:
-    """List published services with their base model and adapter."""
+def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """List published services with their base model, adapter, limits and sampling defaults
+    (top_k/min_p `-`: the engine's default)."""
     with open_store(data_dir) as store:
         services = service_store.list_services(store)
     if as_json:
         print_json([s.as_dict() for s in services])
         return
-    table = Table("api_path", "model", "adapter", "profile", "rpm", "tpm", "safety")
+    columns = ("api_path", "model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
+    table = Table(*columns)
     for s in services:
-        table.add_row(s.api_path, s.model, s.adapter or "-", s.profile, str(s.rpm), str(s.tpm), s.safety)
+        shown = _display(s, unset="-")
+        table.add_row(*(shown[c] for c in columns))
     console.print(table)
 
 
 @app.command("delete")
-def delete(api_path: Annotated[str, typer.Argument(help="The API address.")],
-           data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+def delete(api_path: ApiPath, yes: YesFlag = False, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """Delete a service; a running server stops serving it from its next request."""
     with open_store(data_dir) as store:
+        if service_store.get_service(store, api_path) is None:
+            fail(f"no service at {api_path!r}")
+        confirm(f"Delete service {api_path}? Apps calling it get 336005 from the next request on.", yes)
         try:
             service_store.delete_service(store, api_path)
         except service_store.ServiceNotFound as exc:
             fail(str(exc))
-    console.print(f"deleted service {api_path}")
+    if as_json:
+        print_json({"deleted": "service", "api_path": api_path})
+    else:
+        console.print(f"deleted service {api_path}", highlight=False)

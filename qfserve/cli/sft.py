@@ -32,6 +32,20 @@ DataFile = Annotated[
 ]
 
 
+def _check_before_torch(data: Path, base: str | None = None) -> None:
+    """Bad data or a missing base fail here, in a fraction of a second: importing torch and
+    transformers alone takes seconds."""
+    from qfserve.sft.base import resolve_base
+    from qfserve.sft.data import DataError, load_conversations
+
+    try:
+        load_conversations(data)
+        if base is not None:
+            resolve_base(base)
+    except (DataError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 def _import_training():
     try:
         from qfserve.sft import train as train_module
@@ -60,6 +74,7 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train a LoRA adapter; writes adapter.gguf (llama.cpp), peft/ (vLLM), manifest.json, train_log.jsonl."""
+    _check_before_torch(data, base)
     train_module = _import_training()
     from qfserve.sft.data import DataError
 
@@ -92,6 +107,7 @@ def eval_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Held-out loss and perplexity of the base model and of base + adapter, side by side."""
+    _check_before_torch(data)
     _import_training()
     from qfserve.sft.data import DataError
     from qfserve.sft.evaluate import evaluate

@@ -65,11 +65,16 @@ MSG_EVEN_ROLE = "the role of message with even index in the messages must be use
 
 
 class QianfanError(Exception):
-    """A business error: answered as HTTP 200 with `{"error_code","error_msg","id"}`."""
+    """A business error: answered as HTTP 200 with `{"error_code","error_msg","id"}`.
 
-    def __init__(self, code: Code | int, message: str | None = None):
+    `headers` travel with the body as HTTP headers (a limit's refusal carries `Retry-After` and
+    the `X-Ratelimit-*` budget).
+    """
+
+    def __init__(self, code: Code | int, message: str | None = None, *, headers: dict[str, str] | None = None):
         self.code = int(code)
         self.message = message if message is not None else MESSAGES.get(Code(code), "Unknown error")
+        self.headers = dict(headers or {})
         super().__init__(f"{self.code}: {self.message}")
 
     def body(self, request_id: str) -> dict:

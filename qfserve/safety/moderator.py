@@ -241,15 +241,15 @@ class Moderator:
             return st.strict, 2, False
         return st.default, 0, True
 
-    def check_input(self, messages: list[tuple[str, str]], system: str | None = None,
-                    user_setting: str | None = None, policy: str = "default") -> Verdict:
-        """Verdict over the user messages, ``system`` and ``user_setting`` (see module doc for rounds)."""
+    def _input_hits(self, messages: list[tuple[str, str]], system: str | None, user_setting: str | None,
+                    policy: str) -> list[tuple[int, str, str, Hit]]:
+        """(round, source, text, hit) for every effective hit in the checked inputs."""
         mode = self._mode(policy)
         if mode is None:
-            return SAFE
+            return []
         m, floor, boundaries = mode
         tbl = m.table
-        sources: list[tuple[int, str]] = []
+        sources: list[tuple[int, str, str]] = []
         last_user = max((i for i, (role, _) in enumerate(messages) if role in _USER_ROLES), default=-1)
         k = 0
         for i, (role, content) in enumerate(messages):
@@ -257,25 +257,50 @@ class Moderator:
                 continue
             k += 1
             if isinstance(content, str) and content:
-                sources.append((-1 if i == last_user else k, content))
-        for extra in (system, user_setting):
+                sources.append((-1 if i == last_user else k, f"messages[{i}]", content))
+        for name, extra in (("system", system), ("user_setting", user_setting)):
             if isinstance(extra, str) and extra:
-                sources.append((-1, extra))
-        found: list[tuple[int, Hit]] = []
-        for rnd, text in sources:
+                sources.append((-1, name, extra))
+        found: list[tuple[int, str, str, Hit]] = []
+        for rnd, name, text in sources:
             hits, _ = _scan(m, text, text.translate(tbl), True, floor, boundaries)
-            found.extend((rnd, h) for h in hits)
+            found.extend((rnd, name, text, h) for h in hits)
+        return found
+
+    @staticmethod
+    def _verdict(found: list[tuple[int, str, str, Hit]]) -> Verdict:
         if not found:
             return SAFE
-        rnd, best = max(found, key=lambda rh: (rh[1].level, rh[0] == -1, rh[0]))
-        v = Verdict(best.level, best.term.category, rnd if best.level >= 2 else None)
-        for r, h in found:
+        rnd, _, _, best = max(found, key=lambda f: (f[3].level, f[0] == -1, f[0]))
+        return Verdict(best.level, best.term.category, rnd if best.level >= 2 else None)
+
+    def check_input(self, messages: list[tuple[str, str]], system: str | None = None,
+                    user_setting: str | None = None, policy: str = "default") -> Verdict:
+        """Verdict over the user messages, ``system`` and ``user_setting`` (see module doc for rounds)."""
+        found = self._input_hits(messages, system, user_setting, policy)
+        v = self._verdict(found)
+        if not found:
+            return v
+        for _, _, _, h in found:
             metrics.count(h.term.category, h.level, "input")
         log.log(logging.WARNING if v.level >= 2 else logging.INFO,
                 "safety input: flag=%d category=%s ban_round=%s policy=%s hits=%s",
                 v.level, v.category, v.ban_round, policy or "default",
-                [(h.term.category, h.level, h.term.length, h.term.digest, r) for r, h in found])
+                [(h.term.category, h.level, h.term.length, h.term.digest, r) for r, _, _, h in found])
         return v
+
+    def explain_input(self, messages: list[tuple[str, str]], system: str | None = None,
+                      user_setting: str | None = None, policy: str = "default") -> tuple[Verdict, list[dict]]:
+        """For operators testing a lexicon: the verdict, and each hit with the lexicon term, the text
+        it matched and where. Never used on the request path (it prints user text and terms)."""
+        found = self._input_hits(messages, system, user_setting, policy)
+        terms = {e.digest: e.term for p in self.lexicons for e in read_deny(p)}
+        hits = [
+            {"term": terms.get(h.term.digest), "matched": text[h.os:h.oe], "source": name, "start": h.os,
+             "end": h.oe, "level": h.level, "category": h.term.category}
+            for rnd, name, text, h in sorted(found, key=lambda f: (f[1], f[3].os))
+        ]
+        return self._verdict(found), hits
 
     def output_filter(self, policy: str = "default") -> "OutputFilter":
         mode = self._mode(policy)
@@ -452,7 +477,10 @@ def parse_category_levels(spec: str) -> dict[str, int]:
         cat, sep, lv = part.rpartition("=")
         if not sep or not cat.strip():
             raise ValueError(f"bad category level {part!r}, expected category=level")
-        level = int(lv)
+        try:
+            level = int(lv)
+        except ValueError:
+            raise ValueError(f"bad category level {part!r}, expected category=level with level 0-3") from None
         if not 0 <= level <= 3:
             raise ValueError(f"category level must be 0..3, got {part!r}")
         out[cat.strip()] = level

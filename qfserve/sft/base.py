@@ -59,9 +59,26 @@ class BaseModel:
         return self.model.config.model_type
 
 
+def quiet_library_progress_bars() -> None:
+    """transformers draws its own tqdm bars while loading ("Loading weights", and the GGUF
+    dequantizer's, which uses plain tqdm); ours (rich) is the one the user reads."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    except ImportError:
+        return
+    bar = getattr(gguf_loading, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_loading.tqdm = functools.partial(bar, disable=True)
+
+
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: str) -> tuple[object, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_library_progress_bars()
 
     if is_gguf(path):
         folder, name = os.path.split(path)

@@ -86,7 +86,9 @@ def _parse_turn(index: int, turn: object) -> tuple[Turn, str | None]:
 def parse_line(text: str, line: int) -> Conversation:
     """One JSONL line → Conversation; raises ValueError with a human-readable reason."""
     try:
-        value = json.loads(text)
+        # Without its line ending: an error at the end of the line is at its last column, not at
+        # column 1 of a "next line".
+        value = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(value, list):

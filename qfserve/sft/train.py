@@ -105,8 +105,9 @@ def _run_epochs(model, train_set, config, pad_id, log_path: Path, console) -> tu
                 epoch_loss_sum += loss_sum.item()
                 epoch_tokens += n_tokens
                 record = {"step": len(losses), "epoch": epoch + 1, "loss": round(losses[-1], 6),
-                          "lr": scheduler.get_last_lr()[0], "tokens": n_tokens}
+                          "lr": scheduler.get_last_lr()[0], "tokens": n_tokens, "total_steps": total_steps}
                 log.write(json.dumps(record) + "\n")
+                log.flush()  # read live by the console's loss chart
                 # The bar shows this epoch's running mean: single steps are too noisy to read.
                 running = epoch_loss_sum / epoch_tokens
                 progress.update(task, advance=1, epoch=epoch + 1, loss=running)
@@ -214,4 +215,18 @@ def train(
         "files": files,
     }
     manifest.write_manifest(out, result)
+    _same_mode_everywhere(out)
     return manifest.load_manifest(out)
+
+
+def _same_mode_everywhere(folder: Path) -> None:
+    """Every output file gets the mode a new file gets here (0644 under the usual umask):
+    safetensors writes its file 0600 while the rest follow the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    ours = [folder / manifest.MANIFEST_NAME, folder / manifest.TRAIN_LOG_NAME, folder / manifest.ADAPTER_GGUF_NAME,
+            *(folder / manifest.PEFT_DIR_NAME).glob("*")]
+    for path in ours:
+        if path.is_file():
+            os.chmod(path, mode)

@@ -176,3 +176,35 @@ def delete_memories(
     where, args = _filters(user_id, app_id, api_path, memory_id)
     with store.transaction() as conn:
         return conn.execute(f"DELETE FROM memories WHERE {where}", args).rowcount
+
+
+@dataclass(frozen=True)
+class UserCount:
+    """How much is remembered about one end user in one app's service."""
+
+    app_id: int
+    api_path: str
+    user_id: str
+    current: int   # memories in use
+    total: int     # superseded ones included
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def users_with_memories(store: Store, *, app_id: int | None = None, api_path: str | None = None) -> list[UserCount]:
+    """Every (app, service, user) that has memories, with counts. `app_id=None`: all apps."""
+    clauses, args = [], []
+    if app_id is not None:
+        clauses.append("app_id = ?")
+        args.append(app_id)
+    if api_path is not None:
+        clauses.append("api_path = ?")
+        args.append(api_path)
+    where = " AND ".join(clauses) or "1"
+    rows = store.connection().execute(
+        "SELECT app_id, api_path, user_id, SUM(superseded_by IS NULL) AS current, COUNT(*) AS total"
+        f" FROM memories WHERE {where} GROUP BY app_id, api_path, user_id ORDER BY app_id, api_path, user_id",
+        args,
+    ).fetchall()
+    return [UserCount(r["app_id"], r["api_path"], r["user_id"], r["current"], r["total"]) for r in rows]

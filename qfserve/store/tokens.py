@@ -18,25 +18,28 @@ def _hash(token: str) -> str:
 
 
 def issue_token(store: Store, app: App, ttl: int = TOKEN_TTL, now: float | None = None) -> tuple[str, str, int]:
-    """Returns (access_token, refresh_token, expires_at); only the access token's hash is kept."""
+    """Returns (access_token, refresh_token, expires_at); only the access token's hash is kept.
+    An app found through rotated-out credentials (`app.retiring_at`) gets a token revoked with them."""
     now = int(now if now is not None else time.time())
     expires_at = now + ttl
     access = f"24.{secrets.token_hex(16)}.{ttl}.{expires_at}.282335-{app.id}"
     refresh = f"25.{secrets.token_hex(16)}.{REFRESH_TTL}.{now + REFRESH_TTL}.282335-{app.id}"
     with store.transaction() as conn:
         conn.execute(
-            "INSERT INTO tokens (token_hash, app_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
-            (_hash(access), app.id, expires_at, now),
+            "INSERT INTO tokens (token_hash, app_id, expires_at, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+            (_hash(access), app.id, expires_at, now, app.retiring_at),
         )
     return access, refresh, expires_at
 
 
-def lookup_token(store: Store, token: str) -> tuple[App, int] | None:
-    """The token's app and expiry, or None if unknown or revoked."""
+def lookup_token(store: Store, token: str, now: float | None = None) -> tuple[App, int] | None:
+    """The token's app and expiry, or None if unknown or revoked (also once a rotation's grace ended)."""
     row = store.connection().execute(
-        "SELECT app_id, expires_at FROM tokens WHERE token_hash = ?", (_hash(token),)
+        "SELECT app_id, expires_at, revoked_at FROM tokens WHERE token_hash = ?", (_hash(token),)
     ).fetchone()
     if row is None:
+        return None
+    if row["revoked_at"] is not None and row["revoked_at"] <= (now if now is not None else time.time()):
         return None
     app = get_app_by_id(store, row["app_id"])
     return (app, row["expires_at"]) if app else None
@@ -45,4 +48,5 @@ def lookup_token(store: Store, token: str) -> tuple[App, int] | None:
 def purge_expired(store: Store, now: float | None = None) -> int:
     now = int(now if now is not None else time.time())
     with store.transaction() as conn:
-        return conn.execute("DELETE FROM tokens WHERE expires_at < ?", (now,)).rowcount
+        conn.execute("DELETE FROM retired_credentials WHERE valid_until <= ?", (now,))
+        return conn.execute("DELETE FROM tokens WHERE expires_at < ? OR revoked_at <= ?", (now, now)).rowcount

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qfserve.auth.throttle import FailedAuthThrottle
+from qfserve.limits import LimitRefused
 from qfserve.protocol.errors import QianfanError
 
 
@@ -34,6 +35,20 @@ def test_twenty_first_failure_blocks():
     throttle.record_failure("10.0.0.1")
     assert blocked(throttle, "10.0.0.1")
     assert not blocked(throttle, "10.0.0.2")  # other addresses unaffected
+
+
+def test_refusal_says_why_and_when_it_lifts():
+    """The throttle's 18 is told apart from the app QPS quota's 18 (metrics reason) and carries Retry-After."""
+    clock = Clock()
+    throttle = FailedAuthThrottle(limit=1, window=60, clock=clock)
+    throttle.record_failure("a")
+    clock.now += 20
+    throttle.record_failure("a")
+    with pytest.raises(LimitRefused) as caught:
+        throttle.check("a")
+    assert (caught.value.code, caught.value.reason) == (18, "auth_failures")
+    assert caught.value.retry_after == pytest.approx(40)
+    assert caught.value.headers == {"Retry-After": "40"}
 
 
 def test_successes_never_count():

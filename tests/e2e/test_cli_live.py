@@ -70,12 +70,12 @@ def test_publish_is_live_then_delete_is_live(server, token):
     assert (body["error_code"], body["error_msg"]) == (336005, "API name not exist")
 
 
-def test_republish_with_replace_changes_limits_live(server, token):
+def test_update_changes_limits_live(server, token):
     server.cli("service", "publish", "live_rep", "--model", "default", "--rpm", "100", "--tpm", "100000")
     first = requests.post(server.chat_url("live_rep"), params={"access_token": token},
                           json={"messages": HELLO, "max_output_tokens": 2}, timeout=120)
     assert first.headers["X-Ratelimit-Limit-Requests"] == "100"
-    server.cli("service", "publish", "live_rep", "--model", "default", "--rpm", "200", "--tpm", "200000", "--replace")
+    server.cli("service", "update", "live_rep", "--rpm", "200", "--tpm", "200000")
     second = requests.post(server.chat_url("live_rep"), params={"access_token": token},
                            json={"messages": HELLO, "max_output_tokens": 2}, timeout=120)
     assert "error_code" not in second.json(), second.text
@@ -102,7 +102,7 @@ def test_bad_api_path_is_refused_by_the_cli(server, api_path):
 
 @pytest.mark.parametrize("api_path", ["ab", "a" * 64, "my_svc-2", "qianfan_bloomz_7b_compressed"])
 def test_good_api_path_edges_are_accepted(server, api_path):
-    published = cli_json(server, "service", "publish", api_path, "--model", "default", "--replace")
+    published = cli_json(server, "service", "publish", api_path, "--model", "default")
     assert published["api_path"] == api_path
     server.cli("service", "delete", api_path)
 
@@ -148,11 +148,11 @@ def test_delete_app_revokes_its_token(server):
     assert response.json() == {"error_description": "unknown client id", "error": "invalid_client"}
 
 
-def test_rotate_revokes_old_token_and_new_keys_work(server):
+def test_rotate_now_revokes_old_token_and_new_keys_work(server):
     creds = cli_json(server, "app", "create", "live_rot")
     old_token = server.token(creds)
     assert reached_validation(server, old_token, "svc")
-    rotated = cli_json(server, "app", "rotate", "live_rot")
+    rotated = cli_json(server, "app", "rotate", "live_rot", "--now")  # the grace period: test_operator_live.py
     assert rotated["name"] == "live_rot"
     assert rotated["api_key"] != creds["api_key"] and rotated["secret_key"] != creds["secret_key"]
     body = post(server, old_token, "svc")
@@ -165,7 +165,7 @@ def test_rotate_revokes_old_token_and_new_keys_work(server):
 def test_grant_and_revoke_are_live(server):
     creds = cli_json(server, "app", "create", "live_grant")
     token = server.token(creds)
-    server.cli("service", "publish", "live_g1", "--model", "default", "--replace")
+    server.cli("service", "publish", "live_g1", "--model", "default")
     assert reached_validation(server, token, "live_g1")  # a new app may call every service
     server.cli("app", "grant", "live_grant", "svc")
     assert error_code(post(server, token, "live_g1", EVEN)) == 6

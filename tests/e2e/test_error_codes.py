@@ -270,7 +270,7 @@ def test_336007_input_chars_speed_8k(server, token):
 
 def test_336007_input_chars_other_profile(server, token):
     server.cli("service", "publish", "tiny8k", "--model", "default", "--profile", "ERNIE-Tiny-8K",
-               "--rpm", "100000", "--tpm", "100000000", "--replace")
+               "--rpm", "100000", "--tpm", "100000000")
     chat_error(server, token, {"messages": [{"role": "user", "content": "a" * 24001}], **SHORT},
                336007, "the max input characters is 24000", api_path="tiny8k")
 

@@ -90,7 +90,7 @@ emit({"parsed": raw["parsed"].model_dump() if raw["parsed"] is not None else Non
 @pytest.fixture(scope="module")
 def fc_service(server):
     server.cli("service", "publish", API_PATH, "--model", "default", "--profile", "ERNIE-Speed-8K",
-               "--rpm", "100000", "--tpm", "100000000", "--replace")
+               "--rpm", "100000", "--tpm", "100000000")
     return API_PATH
 
 

@@ -81,7 +81,7 @@ def test_sdk_retry_on_336501_eventually_succeeds(server, token):
     try:
         assert refused_once.wait(120), "the SDK was never refused:\n" + "".join(stderr)
         # The operator raises the limit while the SDK is backing off: its next retry gets through.
-        server.cli("service", "publish", "retry", "--model", "default", "--rpm", "100", "--tpm", "1000000", "--replace")
+        server.cli("service", "update", "retry", "--rpm", "100")
         stdout = sdk.stdout.read()
         assert sdk.wait(120) == 0, stdout + "".join(stderr)
     finally:
@@ -135,6 +135,13 @@ def test_two_servers_share_one_redis_budget(tmp_path, redis_url):
         assert refused == [RPM_REFUSAL] * 6
         # Each server alone would have admitted 4 of its 5: the counts below are one shared window.
         assert sorted(int(r.headers["X-Ratelimit-Remaining-Requests"]) for r in ok) == [0, 1, 2, 3]
+
+        # An app's daily quota is one count across both servers too.
+        quota_creds = cli_json(tmp_path, "app", "create", "daily3", "--daily-requests", "3")
+        cli_json(tmp_path, "service", "publish", "roomy", "--model", "default", "--rpm", "1000", "--tpm", "1000000")
+        ok, refused = split(burst([s.chat_url("roomy") for s in servers] * 4, servers[0].token(quota_creds)))
+        assert len(ok) == 3
+        assert refused == [{"error_code": 17, "error_msg": "Open api daily request limit reached"}] * 5
     finally:
         for server in servers:
             stop_server(server)

@@ -75,7 +75,7 @@ except APIError as exc:
 @pytest.fixture(scope="module")
 def sdk_service(server):
     server.cli("service", "publish", API_PATH, "--model", "default", "--profile", "ERNIE-Speed-8K",
-               "--rpm", "100000", "--tpm", "100000000", "--replace")
+               "--rpm", "100000", "--tpm", "100000000")
     return API_PATH
 
 

@@ -175,3 +175,12 @@ def test_publish_refuses_an_adapter_from_another_base(persona_adapter, tmp_path)
     result = cli(tmp_path, "service", "publish", "wrongbase", "--model", str(other), "--adapter",
                  str(persona_adapter), check=False)
     assert result.returncode != 0 and "different base model" in result.stderr
+
+
+def test_every_output_file_has_the_same_mode(persona_adapter):
+    written = [persona_adapter / manifest.MANIFEST_NAME, persona_adapter / manifest.TRAIN_LOG_NAME,
+               persona_adapter / manifest.ADAPTER_GGUF_NAME,
+               *sorted((persona_adapter / manifest.PEFT_DIR_NAME).iterdir())]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in written}
+    assert "adapter_model.safetensors" in modes  # the one its library writes 0600
+    assert len(set(modes.values())) == 1, modes

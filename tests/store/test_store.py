@@ -70,15 +70,85 @@ def test_delete_and_rotate_revoke_tokens(store):
 
 
 def test_grants(store):
+    for api_path in ("xx", "yy"):
+        services.publish_service(store, api_path, model="default", profile="ERNIE-Speed-8K")
     creds = apps.create_app(store, "a")
-    assert apps.may_call(store, creds.app, "x")
-    apps.grant(store, "a", "x")
+    assert apps.may_call(store, creds.app, "xx")
+    apps.grant(store, "a", "xx")
     app = apps.get_app(store, "a")
-    assert apps.may_call(store, app, "x") and not apps.may_call(store, app, "y")
-    apps.revoke(store, "a", "x")
-    assert not apps.may_call(store, apps.get_app(store, "a"), "x")
+    assert apps.may_call(store, app, "xx") and not apps.may_call(store, app, "yy")
+    apps.revoke(store, "a", "xx")
+    assert not apps.may_call(store, apps.get_app(store, "a"), "xx")
     apps.allow_all(store, "a")
-    assert apps.may_call(store, apps.get_app(store, "a"), "y")
+    assert apps.may_call(store, apps.get_app(store, "a"), "yy")
+
+
+def test_grant_of_no_service_and_revoke_of_no_grant_are_refused(store):
+    services.publish_service(store, "xx", model="default", profile="ERNIE-Speed-8K")
+    apps.create_app(store, "a")
+    with pytest.raises(apps.GrantError, match="no service at 'nosuch'"):
+        apps.grant(store, "a", "nosuch")
+    assert apps.get_app(store, "a").all_services  # the typo did not restrict the app
+    with pytest.raises(apps.GrantError, match="no grants"):
+        apps.revoke(store, "a", "xx")
+    apps.grant(store, "a", "xx")
+    with pytest.raises(apps.GrantError, match="no grant for 'yy'"):
+        apps.revoke(store, "a", "yy")
+    assert apps.granted_paths(store, apps.get_app(store, "a").id) == ["xx"]
+
+
+def test_rotation_grace_keeps_old_credentials_and_tokens_until_it_ends(store):
+    old = apps.create_app(store, "a")
+    old_token, _, _ = tokens.issue_token(store, old.app, now=1000)
+    new = apps.rotate_app(store, "a", grace=3600, now=1000)
+    assert new.old_valid_until == 4600 and new.as_dict()["old_credentials_valid_until"] == 4600
+    # During the grace: old token, old API Key / Secret Key and old IAM pair all still work.
+    assert tokens.lookup_token(store, old_token, now=4599)[0].name == "a"
+    found = apps.check_client(store, old.app.api_key, old.secret_key, now=4599)
+    assert found.name == "a" and found.retiring_at == 4600
+    assert apps.check_client(store, old.app.api_key, "wrong", now=4599) is False
+    token_from_old_keys, _, _ = tokens.issue_token(store, found, now=4000)
+    assert tokens.lookup_token(store, token_from_old_keys, now=4599) is not None
+    app, secret = apps.find_by_access_key(store, old.app.access_key, now=4599)
+    assert app.name == "a" and secret == old.secret_access_key
+    # The new ones work, and their tokens outlive the grace.
+    assert apps.check_client(store, new.app.api_key, new.secret_key, now=4599).retiring_at is None
+    new_token, _, _ = tokens.issue_token(store, new.app, now=4000)
+    # After it: all old ones stop, the new ones go on.
+    assert tokens.lookup_token(store, old_token, now=4600) is None
+    assert tokens.lookup_token(store, token_from_old_keys, now=4600) is None
+    assert apps.check_client(store, old.app.api_key, old.secret_key, now=4600) is None
+    assert apps.find_by_access_key(store, old.app.access_key, now=4600) is None
+    assert tokens.lookup_token(store, new_token, now=4600) is not None
+    assert tokens.purge_expired(store, now=4600) == 2
+
+
+def test_rotation_now_ends_every_old_pair_at_once(store):
+    first = apps.create_app(store, "a")
+    second = apps.rotate_app(store, "a", grace=3600)
+    token, _, _ = tokens.issue_token(store, second.app)
+    apps.rotate_app(store, "a")  # grace 0: also ends the pair retired by the first rotation
+    assert apps.check_client(store, first.app.api_key, first.secret_key) is None
+    assert apps.check_client(store, second.app.api_key, second.secret_key) is None
+    assert tokens.lookup_token(store, token) is None
+
+
+def test_update_service_changes_only_what_it_names(store):
+    services.publish_service(store, "svc_2", model="default", profile="ERNIE-Lite-8K", adapter="/a", rpm=5, tpm=50,
+                             safety="strict", top_k=20, min_p=0.1)
+    services.update_service(store, "svc_2", rpm=9)
+    assert services.get_service(store, "svc_2") == services.Service(
+        "svc_2", "default", "/a", "ERNIE-Lite-8K", 9, 50, "strict", services.get_service(store, "svc_2").created_at,
+        20, 0.1)
+    services.update_service(store, "svc_2", top_k=None, min_p=None, adapter=None)
+    changed = services.get_service(store, "svc_2")
+    assert (changed.top_k, changed.min_p, changed.adapter, changed.rpm) == (None, None, None, 9)
+    for bad in ({"top_k": -1}, {"top_k": 1.5}, {"min_p": 1.5}, {"min_p": -0.1}, {"rpm": 0}, {"safety": "lax"},
+                {"name": "x"}, {"model": None}):
+        with pytest.raises(ValueError):
+            services.update_service(store, "svc_2", **bad)
+    with pytest.raises(services.ServiceNotFound):
+        services.update_service(store, "nosuch", rpm=1)
 
 
 def test_services(store):
@@ -86,8 +156,9 @@ def test_services(store):
     assert (service.rpm, service.tpm, service.adapter) == (5, 50, None)
     with pytest.raises(services.ServiceExists):
         services.publish_service(store, "svc_1", model="default", profile="ERNIE-Lite-8K")
-    services.publish_service(store, "svc_1", model="default", profile="ERNIE-Tiny-8K", replace=True)
-    assert services.get_service(store, "svc_1").profile == "ERNIE-Tiny-8K"
+    services.update_service(store, "svc_1", profile="ERNIE-Tiny-8K")
+    changed = services.get_service(store, "svc_1")
+    assert (changed.profile, changed.rpm, changed.tpm) == ("ERNIE-Tiny-8K", 5, 50)  # only what was named
     services.delete_service(store, "svc_1")
     assert services.get_service(store, "svc_1") is None
     with pytest.raises(services.ServiceNotFound):
