@@ -134,3 +134,15 @@ def test_bounds_the_grammar_cannot_enforce_are_refused(schema):
 def test_a_list_of_types_keeps_its_other_keywords():
     grammar = gbnf(json.dumps({"type": ["string", "null"], "maxLength": 2}))
     assert '(char (char)?)?' in grammar and 'null ::= "null"' in grammar
+
+
+def test_llama_cpp_is_the_judge_of_a_converted_grammar():
+    """The converter writes some regex escapes llama.cpp's parser refuses: refused, not served."""
+    from qfserve.engine.llamacpp.grammar import check_grammar
+    from qfserve.engine.prompt import ChatPrompt, default_model_path
+
+    vocab = ChatPrompt(default_model_path()).vocab
+    check_grammar(vocab, calls.tools_constraint(Tools((WEATHER,)), 0.1).grammar)
+    escaped = {"type": "object", "properties": {"e": {"type": "string", "pattern": "^[a-z]+@[a-z]+\\.com$"}}}
+    with pytest.raises(ValueError):
+        check_grammar(vocab, gbnf(json.dumps(escaped)))

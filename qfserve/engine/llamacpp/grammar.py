@@ -125,14 +125,21 @@ def with_grammar(constraint: Constraint) -> Constraint:
     return replace(constraint, grammar=gbnf(constraint.json_schema, constraint.prefix))
 
 
+_accepted: set[str] = set()  # grammars llama.cpp parsed already (parsing does not depend on the vocabulary)
+
+
 def check_grammar(vocab, grammar: str) -> None:
     """Raise ValueError unless llama.cpp itself accepts `grammar` (its parser is the judge)."""
+    if grammar in _accepted:
+        return
     from llama_cpp import llama_cpp as L
 
     sampler = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not sampler:
         raise ValueError("unsupported JSON schema")
     L.llama_sampler_free(sampler)
+    if len(_accepted) < 1024:
+        _accepted.add(grammar)
 
 
 def schema_text(schema: dict) -> str:
