@@ -166,9 +166,10 @@ class Engine(abc.ABC):
         answer starts, tokenized. `system=None` leaves the system turn to the template.
         Caller text is never parsed as control tokens.
 
-        A message is `{"role", "content"}`; an assistant turn that called a function also has
-        `function_call: {"name", "arguments"}`, and a function's result is `{"role": "function",
-        "name", "content"}`. `tools` are the functions offered now, rendered the engine's way."""
+        A message is `{"role", "content"}`; an assistant turn that called functions also has
+        `tool_calls: [{"name", "arguments", "thoughts"}]`, and a function's result is
+        `{"role": "function", "name", "content"}`. `tools` are the functions offered now, rendered
+        the engine's way (engines without function calling may leave the parameter out)."""
 
     def check_tools(self, tools: Tools) -> None:
         """Raise ValueError (the reason, for the caller) when these functions cannot be served,
