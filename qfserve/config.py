@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
     redis_url: str | None = None
+    # scale-out (issue 11): PostgreSQL instead of the data dir's SQLite file (postgresql://user:pw@host/db)
+    database_url: str | None = None
     max_in_flight: int = Field(0, ge=0, description="chat requests in flight before answering 4 (0: no ceiling)")
     quota_timezone: str = Field(DEFAULT_TIMEZONE, description="where an app's daily quota day starts and ends")
     auth_fail_limit: int = 20
@@ -86,12 +89,41 @@ class Settings(BaseSettings):
     memory_max_block_chars: int = 800
     memory_semantic: bool = Field(False, description="add an embedding score to recall (needs qfserve[semantic])")
 
+    # security (issue 16); SECURITY.md explains each
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="proxy addresses/networks whose X-Forwarded-For/-Proto is believed")
+    public_url: str | None = Field(None, description="base URL clients use to reach this server (service list)")
+    metrics_token: str | None = Field(None, description="bearer token for /metrics; unset: loopback clients only")
+    models_dir: Path | None = Field(None, description="model GGUF files must live under this folder")
+    max_chat_body: int = Field(4 * 1024 * 1024, ge=1024, description="largest chat request body, bytes")
+    max_token_body: int = Field(16 * 1024, ge=256, description="largest /oauth/2.0/token body, bytes")
+    max_small_body: int = Field(64 * 1024, ge=256, description="largest body on every other route, bytes")
+    max_upload_body: int = Field(16 * 1024 * 1024, ge=1024, description="largest fine-tuning data upload (console), bytes")
+    header_timeout: float = Field(10.0, gt=0, description="seconds to receive a request's headers")
+    body_timeout: float = Field(60.0, gt=0, description="seconds to receive a request's body")
+    keep_alive_timeout: int = Field(5, ge=1, description="seconds an idle keep-alive connection stays open")
+    max_connections: int = Field(512, ge=1, description="concurrent connections and requests before HTTP 503")
+    reject_replayed_signatures: bool = Field(True, description="refuse a bce-auth-v1 signature seen before")
+    token_purge_interval: float = Field(3600.0, gt=0, description="seconds between purges of expired tokens")
+
     _toml_path: Path | None = None
 
     @field_validator("quota_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         return check_timezone(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        # QFSERVE_TRUSTED_PROXIES="10.0.0.1,10.1.0.0/16"; flags and toml give lists.
+        if isinstance(value, str):
+            value = [value]
+        proxies = [part.strip() for item in value or () for part in str(item).split(",") if part.strip()]
+        for proxy in proxies:
+            if proxy != "*":
+                ipaddress.ip_network(proxy, strict=False)  # ValueError names the bad entry
+        return proxies
 
     @classmethod
     def settings_customise_sources(
@@ -122,3 +154,20 @@ def load_settings(**flags: Any) -> Settings:
         return Settings(**given)
     finally:
         Settings._toml_path = None
+
+
+# scale-out (issue 11)
+def database_url_for(data_dir: Path) -> str | None:
+    """The database URL CLI commands use for a data dir: QFSERVE_DATABASE_URL, else `database_url` in
+    the data dir's qfserve.toml, else None (the SQLite file in the data dir)."""
+    if os.environ.get("QFSERVE_DATABASE_URL"):
+        return os.environ["QFSERVE_DATABASE_URL"]
+    toml_file = Path(data_dir) / CONFIG_FILE
+    if toml_file.is_file():
+        import tomllib
+
+        try:
+            return tomllib.loads(toml_file.read_text(encoding="utf-8")).get("database_url") or None
+        except (tomllib.TOMLDecodeError, OSError):
+            return None
+    return None

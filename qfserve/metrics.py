@@ -19,3 +19,11 @@ LIMIT_REJECTIONS = Counter("qfserve_limit_rejections_total",
                            "Requests refused by a limit, by code and reason (in_flight, daily, qps, auth_failures, rpm, tpm)",
                            ["code", "reason"])
 IN_FLIGHT = Gauge("qfserve_requests_in_flight", "Chat requests in flight (the --max-in-flight ceiling counts these)")
+
+# scale-out (issue 11): remote engine replicas, labelled by engine pool and replica URL.
+REMOTE_IN_FLIGHT = Gauge("qfserve_remote_in_flight", "Requests in flight to a replica", ["engine", "replica"])
+REMOTE_ERRORS = Counter("qfserve_remote_errors_total", "Failed replica calls, by kind", ["engine", "replica", "kind"])
+REMOTE_LATENCY = Histogram("qfserve_remote_request_seconds", "Replica call duration (whole stream)",
+                           ["engine", "replica"], buckets=_LATENCY_BUCKETS)
+REMOTE_HEALTHY = Gauge("qfserve_remote_replica_healthy", "1 while a replica is admitted, 0 while ejected",
+                       ["engine", "replica"])

@@ -11,21 +11,26 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from qfserve.api import chat, console, console_ui, health, memory_routes, oauth
+from qfserve.api import bearer, chat, console, console_ui, health, memory_routes, oauth, v2
 from qfserve.api.access_log import AccessLogMiddleware
+from qfserve.api.bodies import BodyLimits, BoundedBodyMiddleware
 from qfserve.api.errors import install_error_handlers
-from qfserve.auth.throttle import FailedAuthThrottle
+from qfserve.auth.replay import make_seen_signatures
+from qfserve.auth.throttle_redis import make_auth_throttle
 from qfserve.chat.serving import ChatServing
 from qfserve.config import PID_FILE
 from qfserve.console.jobs import JobRunner
 from qfserve.config import Settings
-from qfserve.engine.base import Engine
+from qfserve.engine.base import Engine, EngineUnavailable
 from qfserve.limits import QuotaCalendar, make_limiter
 from qfserve.limits.inflight import InFlightLimit
 from qfserve.limits.usage import UsageRecorder
 from qfserve.services.engines import EngineRegistry
+from qfserve.store import engines as pool_store
 from qfserve.store import services as service_store
+from qfserve.store import tokens as token_store
 from qfserve.store import usage as usage_store
+from qfserve.store.changes import ChangeWatcher
 from qfserve.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,18 @@ def _memory(settings: Settings, store: Store):
                          max_block_chars=settings.memory_max_block_chars, embedder=embedder)
 
 
+async def _purge_expired_tokens(store: Store, interval: float) -> None:
+    """Delete expired access tokens now and then every `interval` seconds, for the server's life."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(token_store.purge_expired, store)
+            if purged:
+                log.info("purged %d expired access tokens", purged)
+        except Exception as exc:  # a busy database must not end the schedule
+            log.warning("purging expired access tokens failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | None = None,
                moderator=None) -> FastAPI:
     """`moderator`: lexicons already loaded (`qfserve serve` loads them before starting, to fail fast)."""
@@ -84,14 +101,18 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     async def lifespan(app: FastAPI):
         state = app.state
         state.settings = settings
-        state.store = Store(settings.data_dir)
+        state.store = Store(settings.data_dir, settings.database_url)
         calendar = QuotaCalendar(settings.quota_timezone)
         state.limiter = make_limiter(settings.limiter, settings.redis_url, calendar=calendar,
                                      daily_seed=functools.partial(usage_store.requests_on, state.store))
         state.in_flight = InFlightLimit(settings.max_in_flight)
         state.usage = UsageRecorder(state.store, calendar)
-        state.auth_throttle = FailedAuthThrottle(settings.auth_fail_limit, settings.auth_fail_window)
-        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings))
+        state.auth_throttle = make_auth_throttle(settings)  # scale-out (issue 11): in Redis when configured
+        state.seen_signatures = make_seen_signatures(settings.redis_url) if settings.reject_replayed_signatures else None
+        # scale-out (issue 11): remote engine pools come from the store, and are refreshed on change.
+        state.engines = EngineRegistry(engine_factory or embedded_engine_factory(settings), models_dir=settings.models_dir,
+                                       pool_source=lambda name: pool_store.get_pool(state.store, name))
+        state.changes = ChangeWatcher(state.store, state.engines.refresh)
         state.moderator = moderator if moderator is not None else _moderator(settings)
         state.serving = ChatServing(
             store=state.store, engines=state.engines, limiter=state.limiter, moderator=state.moderator,
@@ -102,20 +123,31 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
         pid_file = settings.data_dir / PID_FILE
         pid_file.write_text(str(os.getpid()))  # lets `qfserve safety reload` find this process
         # Load every published service's base model now, so the first request doesn't pay for it.
-        for model in sorted({s.model for s in service_store.list_services(state.store)}):
+        for service in service_store.list_services(state.store):
             try:
-                await state.engines.get(model)
-            except (FileNotFoundError, ValueError) as exc:
-                log.error("cannot load model %s: %s", model, exc)
+                await state.engines.for_service(service)
+            except (FileNotFoundError, ValueError, EngineUnavailable) as exc:
+                log.error("cannot load the engine of %s: %s", service.api_path, exc)
+        await state.changes.start()
+        if not settings.public_url and settings.host in ("0.0.0.0", "::", ""):
+            log.warning("listening on all addresses without --public-url: the service list names "
+                        "http://%s:%d; set QFSERVE_PUBLIC_URL to the address clients use", settings.host, settings.port)
+        purge = asyncio.create_task(_purge_expired_tokens(state.store, settings.token_purge_interval))
         try:
             yield
         finally:
+            await state.changes.close()
             state.shutting_down = True
             await asyncio.to_thread(state.console_jobs.close)
+            purge.cancel()
             await state.serving.drain()
             await state.usage.close()
             await state.engines.close()
             await state.limiter.close()
+            if state.seen_signatures is not None:
+                await state.seen_signatures.close()
+            if hasattr(state.auth_throttle, "close"):
+                state.auth_throttle.close()
             state.store.close()
             pid_file.unlink(missing_ok=True)
 
@@ -123,7 +155,13 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
     app.state.requests_open = 0  # requests being answered (any route), counted by the access-log middleware
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
-    for module in (oauth, chat, console, health):
+    app.add_middleware(
+        BoundedBodyMiddleware,
+        limits=BodyLimits(chat=settings.max_chat_body, token=settings.max_token_body, other=settings.max_small_body,
+                          upload=settings.max_upload_body),
+        timeout=settings.body_timeout,
+    )
+    for module in (oauth, chat, v2, bearer, console, health):
         app.include_router(module.router)
     app.include_router(memory_routes.router)
     console_ui.install(app)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 from fastapi import APIRouter, Request
@@ -11,10 +11,10 @@ from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
-from qfserve.api.errors import JSON_TYPE, error_response
+from qfserve.api.errors import JSON_TYPE, refusal
 from qfserve.limits.inflight import InFlightSlot
 from qfserve.protocol import v1
-from qfserve.protocol.chat import parse_chat_request
+from qfserve.protocol.chat import parse_chat_body, parse_chat_request
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 
@@ -29,12 +29,26 @@ def sse_event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def _decode_body(raw: bytes):
+# Bodies above this are decoded in a worker thread, so a large one doesn't hold the event loop.
+INLINE_DECODE_BYTES = 64 * 1024
+
+
+def _decode(raw: bytes):
     # Any Content-Type: the seed's curl example sends a form type with a JSON body.
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise QianfanError(Code.INVALID_JSON) from None
+
+
+def _decode_and_parse(raw: bytes):
+    return parse_chat_body(_decode(raw))
+
+
+async def decode_body(raw: bytes):
+    """The decoded body; a large one is decoded and validated in a worker thread (a 4 MB body may hold
+    100,000 messages), handing serving a ChatRequest or the error it found (DeferredChatError)."""
+    return _decode(raw) if len(raw) <= INLINE_DECODE_BYTES else await asyncio.to_thread(_decode_and_parse, raw)
 
 
 @router.api_route(CHAT_PATH, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
@@ -43,16 +57,25 @@ async def chat(api_path: str, request: Request) -> Response:
     note(request, service=api_path)
     if request.method != "POST":
         raise QianfanError(Code.INVALID_HTTP_METHOD)
+    refuse_while_draining(request)
+    app = await authenticated_app(request)
+    body = await decode_body(await request.body())
+    return await with_in_flight_slot(request, lambda slot: _answer(request, app, api_path, body, rid, slot))
+
+
+def refuse_while_draining(request: Request) -> None:
     if getattr(request.app.state, "shutting_down", False):
         raise QianfanError(Code.SERVICE_UNAVAILABLE)  # draining after SIGTERM: retry elsewhere (the SDK retries 2)
-    app = await authenticated_app(request)
-    body = _decode_body(await request.body())
-    # The server's ceiling (code 4, at once): held until the answer's last byte, streams included.
+
+
+async def with_in_flight_slot(request: Request, respond: Callable[[InFlightSlot], Awaitable[Response]]) -> Response:
+    """The server's ceiling (code 4, at once), for both surfaces: a slot held until the answer's
+    last byte, streams included (a SlotHoldingStream gives it back itself)."""
     slot = request.app.state.in_flight.acquire()
     streaming = False
     try:
-        response = await _answer(request, app, api_path, body, rid, slot)
-        streaming = isinstance(response, _SlotHoldingStream)  # the stream gives the slot back itself
+        response = await respond(slot)
+        streaming = isinstance(response, SlotHoldingStream)
         return response
     finally:
         if not streaming:
@@ -69,16 +92,15 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
         chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)
         return await _stream(request, prepared, chunks, slot)
     try:
-        answer = await _unless_disconnected(
+        answer = await unless_disconnected(
             request, v1.render_completion(rid, prepared.created, serving.events(prepared), logprobs=logprobs))
     except QianfanError as error:
-        note(request, code=error.code)
-        return error_response(error, rid, headers=prepared.headers)
+        return await refusal(request, error, rid, headers=prepared.headers)
     note_usage(request, answer.usage)
     return Response(v1.dump(answer), media_type=JSON_TYPE, headers=prepared.headers)
 
 
-class _SlotHoldingStream(StreamingResponse):
+class SlotHoldingStream(StreamingResponse):
     """A streaming answer that gives its in-flight slot back when it ends, however it ends
     (finished, client gone, cancelled): the generator's own `finally` does not run if it never starts."""
 
@@ -98,8 +120,7 @@ async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Res
         first = await chunks.__anext__()  # errors before the first chunk are a plain JSON body
     except QianfanError as error:
         await chunks.aclose()
-        note(request, code=error.code)
-        return error_response(error, prepared.request_id, headers=prepared.headers)
+        return await refusal(request, error, prepared.request_id, headers=prepared.headers)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -115,10 +136,10 @@ async def _stream(request: Request, prepared, chunks, slot: InFlightSlot) -> Res
             await chunks.aclose()
 
     headers = {"Cache-Control": "no-cache", **prepared.headers}
-    return _SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
+    return SlotHoldingStream(events(), media_type=SSE_TYPE, headers=headers, slot=slot)
 
 
-async def _unless_disconnected(request: Request, work):
+async def unless_disconnected(request: Request, work):
     """Run `work`, cancelling it (and so its engine sequence) if the client goes away first."""
     task = asyncio.ensure_future(work)
     try:

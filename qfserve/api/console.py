@@ -17,6 +17,11 @@ from qfserve.store import services as service_store
 router = APIRouter()
 
 
+def public_base_url(settings) -> str:
+    """Where clients reach this server: the configured public URL, never the caller's Host header."""
+    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
 @router.post("/wenxinworkshop/service/list")
 async def service_list(request: Request) -> Response:
     request.state.request_id = request_id()
@@ -24,7 +29,7 @@ async def service_list(request: Request) -> Response:
     store = request.app.state.store
 
     def visible() -> list[dict]:
-        base = str(request.base_url).rstrip("/")
+        base = public_base_url(request.app.state.settings)
         return [
             {"name": s.api_path, "url": base + CHAT_PATH.format(api_path=s.api_path), "apiType": "chat",
              "chargeStatus": "NOTOPEN", "versionList": [{"trainType": s.profile, "serviceStatus": "Done"}]}

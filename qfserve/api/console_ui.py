@@ -16,7 +16,6 @@ import asyncio
 import functools
 import time
 from importlib import resources
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -31,7 +30,6 @@ from qfserve.console import jobs as job_domain
 from qfserve.console import metrics_view, signin
 from qfserve.console import playground as playground_controls
 from qfserve.console.usage import usage_by_app
-from qfserve.protocol.errors import QianfanError
 from qfserve.services import publishing
 from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES
 from qfserve.sft.data import DataError
@@ -135,13 +133,11 @@ def _throttle(request: Request) -> FailedAuthThrottle:
 
 async def _sign_in(request: Request, token: str) -> Response:
     throttle, address = _throttle(request), client_address(request)
-    try:
-        throttle.check(address)
-    except QianfanError:
+    if throttle.throttled(address):
         return page(request, "signin.html", 429, error="Too many failed sign-ins from this address: wait a few minutes.")
     cookie = await run(signin.sign_in, _store(request), token)
     if cookie is None:
-        throttle.record_failure(address)
+        throttle.failed(address)
         return page(request, "signin.html", 401, error="This sign-in link is unknown, used or expired. "
                                                        "Run `qfserve console` for a new one.")
     # A page that then navigates: a SameSite=Strict cookie set during a navigation that began on
@@ -328,11 +324,11 @@ async def app_grants(name: str, request: Request) -> Response:
             return done(f"/apps/{name}", "may call every service")
         if action not in ("grant", "revoke"):
             return await _app_page(request, name, 400, error="unknown action")
-        if action == "grant" and await run(service_store.get_service, store, api_path) is None:
-            return await _app_page(request, name, 400, error=f"no service at {api_path!r}")
         await run(app_store.grant if action == "grant" else app_store.revoke, store, name, api_path)
     except app_store.AppNotFound as exc:
         return page(request, "not_found.html", 404, error=str(exc))
+    except app_store.GrantError as exc:  # no such service, or no such grant: the store says which
+        return await _app_page(request, name, 400, error=str(exc))
     return done(f"/apps/{name}", f"{'granted' if action == 'grant' else 'revoked'} {api_path}")
 
 

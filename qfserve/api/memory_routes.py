@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from qfserve.api.deps import authenticated_app
 from qfserve.api.errors import json_response
+from qfserve.protocol.chat import check_user_id
 from qfserve.protocol.errors import Code, QianfanError
 from qfserve.protocol.ids import request_id
 from qfserve.store import memories as memory_store
@@ -27,9 +30,10 @@ router = APIRouter()
 
 
 async def _body(request: Request) -> dict:
+    # orjson, like the chat route: it refuses nesting deeper than 1024 instead of recursing.
     try:
-        body = await request.json()
-    except ValueError:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
         raise QianfanError(Code.INVALID_JSON) from None
     if not isinstance(body, dict):
         raise QianfanError(Code.INVALID_JSON)
@@ -61,7 +65,7 @@ def _public(memory: memory_store.Memory) -> dict:
 @router.post("/qfserve/v1/memory/list")
 async def list_memories(request: Request, app: App = Depends(authenticated_app)) -> Response:
     body = await _body(request)
-    user_id = _field(body, "user_id", str, required=True)
+    user_id = check_user_id(_field(body, "user_id", str, required=True))
     api_path = _field(body, "api_path", str)
     found = await asyncio.to_thread(
         memory_store.list_memories, request.app.state.store, user_id, app_id=app.id, api_path=api_path
@@ -72,7 +76,7 @@ async def list_memories(request: Request, app: App = Depends(authenticated_app))
 @router.post("/qfserve/v1/memory/delete")
 async def delete_memories(request: Request, app: App = Depends(authenticated_app)) -> Response:
     body = await _body(request)
-    user_id = _field(body, "user_id", str, required=True)
+    user_id = check_user_id(_field(body, "user_id", str, required=True))
     memory_id = _field(body, "id", int)
     api_path = _field(body, "api_path", str)
     deleted = await asyncio.to_thread(

@@ -19,6 +19,8 @@ from qfserve.store import tokens as token_store
 router = APIRouter()
 
 UNSUPPORTED_GRANT = ("unsupported_grant_type", "The authorization grant type is not supported")
+# Too many failures from this address or for this API Key: OAuth-shaped, like every answer here.
+THROTTLED = ("invalid_client", "too many failed attempts, try again later")
 _FIELDS = ("grant_type", "client_id", "client_secret")
 
 
@@ -44,10 +46,6 @@ async def _credentials(request: Request) -> dict[str, str]:
 @router.api_route("/oauth/2.0/token", methods=["GET", "POST"])
 async def token(request: Request) -> Response:
     state = request.app.state
-    throttle = getattr(state, "auth_throttle", None)
-    address = client_address(request)
-    if throttle is not None:
-        throttle.check(address)
     creds = await _credentials(request)
     if not all(creds.get(k) for k in _FIELDS):
         raise OAuthError(*MISSING_PARAMETER)
@@ -55,8 +53,10 @@ async def token(request: Request) -> Response:
         raise OAuthError(*UNSUPPORTED_GRANT)
     app = await asyncio.to_thread(app_store.check_client, state.store, creds["client_id"], creds["client_secret"])
     if not app:
-        if throttle is not None:
-            throttle.record_failure(address)
+        # Credentials are checked first: a valid pair is never refused, whatever failed before it.
+        throttle = getattr(state, "auth_throttle", None)
+        if throttle is not None and throttle.failed(client_address(request), "ak:" + creds["client_id"][:128]):
+            raise OAuthError(*THROTTLED, status=429)
         raise OAuthError(*(UNKNOWN_CLIENT if app is None else BAD_SECRET))
     access, refresh, _ = await asyncio.to_thread(token_store.issue_token, state.store, app)
     # Field order as Baidu sends it.

@@ -8,6 +8,10 @@ leaves open, so `verify` accepts every reading a known client produces rather th
 - `Host` may have been signed with or without its port (the Go SDK drops the port);
 - `x-bce-*` headers are folded in either all (the reference Python signer's quirk) or only when listed.
 
+Whatever the reading, a signature must sign `host`, may list only headers the request carries, and
+a signed body digest (`Content-MD5`, `x-bce-content-sha256`) must match the body. A signature is
+good once: the HTTP layer remembers verified ones until they expire (`qfserve.auth.replay`).
+
 Every candidate costs one short HMAC, and there are at most a dozen, so trying them all is cheap.
 All canonical forms are built as bytes: header values arrive latin-1 decoded (the ASGI convention),
 so their original bytes are recovered with `.encode("latin-1")`.
@@ -15,6 +19,7 @@ so their original bytes are recovered with `.encode("latin-1")`.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
 import hmac
@@ -30,6 +35,8 @@ SCHEME = "bce-auth-v1"
 # Signed when the client lists no headers; every present x-bce-* header joins them.
 DEFAULT_SIGNED = frozenset({"host", "content-length", "content-type", "content-md5"})
 BCE_PREFIX = "x-bce-"
+# Headers that carry a digest of the body: when signed, they must match it.
+DIGEST_HEADERS = ("content-md5", "x-bce-content-sha256")
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -148,10 +155,15 @@ def _without_port(host: bytes) -> bytes:
     return host
 
 
-def _header_forms(signed: tuple[str, ...], headers: Mapping[str, str]) -> set[bytes]:
+def _present(headers: Mapping[str, str]) -> dict[str, bytes]:
     present: dict[str, bytes] = {}
     for name, value in headers.items():
         present.setdefault(name.lower(), _raw(value))  # the first of repeated headers, as Starlette does
+    return present
+
+
+def _header_forms(signed: tuple[str, ...], headers: Mapping[str, str]) -> set[bytes]:
+    present = _present(headers)
     bce_names = {n for n in present if n.startswith(BCE_PREFIX)}
     listed = set(signed) if signed else DEFAULT_SIGNED | bce_names
     host = present.get("host")
@@ -164,7 +176,44 @@ def _header_forms(signed: tuple[str, ...], headers: Mapping[str, str]) -> set[by
     return forms
 
 
-def verify(
+def carries_body_digest(headers: Mapping[str, str]) -> bool:
+    """Whether the request names a digest of its body, which `verify` must then compare."""
+    return any(name in headers for name in DIGEST_HEADERS)
+
+
+def _body_digests(body: bytes) -> dict[str, bytes]:
+    return {
+        "content-md5": base64.b64encode(hashlib.md5(body).digest()),
+        "x-bce-content-sha256": hashlib.sha256(body).hexdigest().encode("ascii"),
+    }
+
+
+def _check_shape(auth: AuthString, present: Mapping[str, bytes], body: bytes | None) -> None:
+    """What every reading must satisfy, whatever the signature says.
+
+    - `host` is signed: without it a signature made for one server is good on any other;
+    - every listed header is on the request: a list naming absent headers signs less than it claims;
+    - a signed body digest matches the body: otherwise the body can be swapped under the signature.
+    """
+    listed = set(auth.signed_headers)
+    if listed and "host" not in listed:
+        raise _fail()
+    if "host" not in present or any(name not in present for name in listed):
+        raise _fail()
+    if body is None:
+        return
+    signed = listed or DEFAULT_SIGNED
+    digests = _body_digests(body)
+    for name in DIGEST_HEADERS:
+        value = present.get(name)
+        # x-bce-* headers are signed whether listed or not (the reference signer's quirk).
+        if value is not None and (name in signed or name.startswith(BCE_PREFIX)):
+            if not hmac.compare_digest(value.strip().lower() if name.startswith(BCE_PREFIX) else value.strip(),
+                                       digests[name]):
+                raise _fail()
+
+
+def verify_request(
     method: str,
     raw_path: str | bytes,
     query: list[tuple[str, str]],
@@ -174,12 +223,16 @@ def verify(
     now: float,
     max_skew: int = 300,
     max_expiration: int = 3600,
-) -> Any:
-    """Check a bce-auth-v1 signed request; return the caller found by `find_secret`.
+    body: bytes | None = None,
+) -> tuple[Any, AuthString]:
+    """Check a bce-auth-v1 signed request; return the caller found by `find_secret` and the auth string.
 
     `raw_path` is the path as received (ASGI `scope["raw_path"]`, no query string); `query` the
-    decoded query pairs; `headers` the request headers. The signing time is the auth string's own
-    timestamp (curl users send no `x-bce-date`). Raises QianfanError 14 on any failure.
+    decoded query pairs; `headers` the request headers; `body` the request body, compared with a
+    signed `Content-MD5` / `x-bce-content-sha256` (None: not available, not compared — the HTTP
+    layer always passes it when such a header is present). The signing time is the auth string's
+    own timestamp (curl users send no `x-bce-date`). Raises QianfanError 14 on any failure.
+    Refusing a replayed signature is the caller's job (`replay_window` says how long to remember it).
     """
     authorization = headers.get("authorization") or headers.get("Authorization")
     if not authorization:
@@ -188,6 +241,7 @@ def verify(
     issued = auth.epoch
     if auth.expiration > max_expiration or issued > now + max_skew or issued + auth.expiration < now - max_skew:
         raise _fail()
+    _check_shape(auth, _present(headers), body)
     found = find_secret(auth.access_key)
     if found is None:
         raise _fail()
@@ -204,7 +258,17 @@ def verify(
             matched |= hmac.compare_digest(expected.encode("ascii"), claimed)
     if not matched:
         raise _fail()
-    return caller
+    return caller, auth
+
+
+def verify(*args: Any, **kwargs: Any) -> Any:
+    """`verify_request` returning only the caller."""
+    return verify_request(*args, **kwargs)[0]
+
+
+def replay_window(auth: AuthString, now: float, max_skew: int = 300) -> int:
+    """Seconds a verified signature stays acceptable, so how long to remember it against replay."""
+    return max(1, int(auth.epoch + auth.expiration + max_skew - now) + 1)
 
 
 # --- signing (our own client side: tests, bench) -----------------------------------------------

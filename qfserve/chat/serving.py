@@ -22,6 +22,7 @@ from qfserve.engine.base import (
     Constraint,
     Engine,
     EngineOverloaded,
+    EnginePromptTooLong,
     EngineUnavailable,
     FinishEvent,
     FunctionCallOut,
@@ -45,9 +46,9 @@ from qfserve.protocol.events import (
     Usage,
     Verdict,
 )
-from qfserve.protocol.functions import MSG_FUNCTION_UNSUPPORTED
+from qfserve.protocol.functions import MSG_FUNCTION_UNSUPPORTED, MSG_FUNCTIONS_NOT_SERVED
 from qfserve.protocol.ids import call_id
-from qfserve.services.adapters import adapter_gguf, trained_with_default_system
+from qfserve.services.adapters import trained_with_default_system
 from qfserve.services.engines import EngineRegistry
 from qfserve.services.profiles import get_profile
 from qfserve.store import apps as app_store
@@ -103,6 +104,7 @@ def _sampling_params(request: ChatRequest, service: Service, max_tokens: int) ->
         max_tokens=max_tokens,
         min_tokens=min_tokens,
         stop=request.stop,
+        seed=request.seed,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs or 0,
         constraint=_response_constraint(request),
@@ -192,15 +194,25 @@ class ChatServing:
         except EngineUnavailable:
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
-        adapter = self._adapter_path(service)
+        adapter = await self._adapter_path(service)
         tools = _tools(request)
         self._check_structured(engine, tools, request)
         system = await self._system_prompt(app, service, request)
-        messages = [m.as_engine_dict() for m in request.messages]
-        if tools is None:
-            prompt_ids = await engine.chat_tokens(messages, system)
-        else:
-            prompt_ids = await engine.chat_tokens(messages, system, tools)
+        try:  # a remote engine counts on its replica, and may refuse there
+            if getattr(engine, "renders_tools", False):
+                messages = [m.as_engine_dict() for m in request.messages]
+                prompt_ids = await (engine.chat_tokens(messages, system) if tools is None
+                                    else engine.chat_tokens(messages, system, tools))
+            else:  # an engine without function calling sees results as user turns, as before
+                messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content}
+                            for m in request.messages]
+                prompt_ids = await engine.chat_tokens(messages, system)
+        except EnginePromptTooLong:
+            raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG) from None
+        except EngineOverloaded:
+            raise QianfanError(Code.OVERLOADED) from None
+        except EngineUnavailable:
+            raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
         context = engine.context_length
         if len(prompt_ids) > profile.max_input_tokens or len(prompt_ids) >= context - 1:
             raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG)
@@ -216,6 +228,9 @@ class ChatServing:
     @staticmethod
     def _check_structured(engine: Engine, tools: Tools | None, request: ChatRequest) -> None:
         """Schemas the engine cannot constrain decoding to are refused before any work."""
+        wants = tools is not None or _response_constraint(request) is not None
+        if wants and not getattr(engine, "renders_tools", False):
+            raise out_of_range(MSG_FUNCTIONS_NOT_SERVED)
         try:
             if tools is not None:
                 engine.check_tools(tools)
@@ -256,16 +271,18 @@ class ChatServing:
 
     async def _engine(self, service: Service) -> Engine:
         try:
-            return await self.engines.get(service.model)
+            return await self.engines.for_service(service)
         except (FileNotFoundError, ValueError, EngineUnavailable) as exc:
             log.error("service %s: model unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
-    def _adapter_path(self, service: Service) -> str | None:
+    async def _adapter_path(self, service: Service) -> str | None:
+        """The adapter file to load, if it is still the one pinned at publish (the first check of a
+        file hashes it: in a thread)."""
         if not service.adapter:
             return None
         try:
-            return adapter_gguf(service.adapter)
+            return await asyncio.to_thread(self.engines.adapter_ref, service)
         except (OSError, ValueError) as exc:
             log.error("service %s: adapter unusable: %s", service.api_path, exc)
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None

@@ -23,7 +23,7 @@ from qfserve.cli.common import (
 from qfserve.store import apps as app_store
 from qfserve.store import usage as usage_store
 
-app = typer.Typer(help="Create, list, rotate and delete apps (API Key / Secret Key and IAM AK/SK pairs).",
+app = typer.Typer(help="Create, list, rotate and delete apps (API Key / Secret Key and IAM AK/SK pairs, v2 API key).",
                   no_args_is_help=True)
 
 Name = Annotated[str, typer.Argument(help="The app's name.", show_default=False)]
@@ -67,7 +67,8 @@ DailyRequests = Annotated[Optional[int], typer.Option(
 @app.command("create")
 def create(name: Name, qps: Qps = None, daily_requests: DailyRequests = None,
            data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
-    """Create an app and print its API Key / Secret Key and IAM Access Key / Secret Access Key."""
+    """Create an app and print its API Key / Secret Key, IAM Access Key / Secret Access Key, and its v2
+    API key (`Authorization: Bearer …` on /v2/chat/completions)."""
     with open_store(data_dir) as store:
         try:
             creds = app_store.create_app(store, name, qps=qps or 0, daily_requests=daily_requests or 0)
@@ -108,7 +109,8 @@ def rotate(
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Replace both credential pairs. The old ones keep working for the grace period, then stop."""
+    """Replace both credential pairs and the v2 API key. The old ones keep working for the grace period,
+    then stop. (Apps created before v2 existed get their first v2 API key this way.)"""
     try:
         seconds = 0 if now else parse_duration(grace)
     except ValueError as exc:

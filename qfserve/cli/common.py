@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qfserve.config import default_data_dir
+from qfserve.config import database_url_for, default_data_dir
 from qfserve.store.db import DB_NAME, Store
 
 console = Console()
@@ -69,14 +69,19 @@ def open_store(data_dir: Path | None) -> Iterator[Store]:
     folder = data_dir_or_default(data_dir)
     path = folder / DB_NAME
     new = not path.exists()
+    url = database_url_for(folder)  # scale-out (issue 11): PostgreSQL when configured
     try:
-        store = Store(folder)
+        store = Store(folder, url)
     except OSError as exc:
         fail(f"cannot open the database in {folder}: {exc.strerror or exc}")
     except Exception as exc:  # sqlite3.Error: not a database, locked, newer schema …
         fail(f"cannot open the database {path}: {exc}")
-    say_database(store.path.resolve(), new)
-    _database = str(store.path.resolve())
+    if store.path is None:
+        say_database(store.location)
+        _database = store.location
+    else:
+        say_database(store.path.resolve(), new)
+        _database = str(store.path.resolve())
     try:
         yield store
     finally:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from qfserve import __version__
-from qfserve.cli import apps, safety, services
+from qfserve.cli import apps, db, engines, safety, services
 from qfserve.cli.console import console_command
 from qfserve.cli.serve import serve
 
@@ -55,6 +55,8 @@ app.command("console")(console_command)
 app.add_typer(apps.app, name="app")
 app.add_typer(services.app, name="service")
 app.add_typer(safety.app, name="safety")
+app.add_typer(engines.app, name="engine")  # scale-out (issue 11)
+app.add_typer(db.app, name="db")  # scale-out (issue 11)
 
 
 def _mount_optional() -> None:

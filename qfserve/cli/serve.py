@@ -53,7 +53,8 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. Default: physical cores.", **_env("THREADS"))] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
-    redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis.", **_env("REDIS_URL"))] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis; with it, the failed-auth throttle is shared too.", **_env("REDIS_URL"))] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL (postgresql://user:password@host:5432/db) for state shared by several gateways. Default: the SQLite file in the data dir.", **_env("DATABASE_URL"))] = None,
     max_in_flight: Annotated[Optional[int], typer.Option(min=0, help="Chat requests in flight before answering 4 at once (no queueing). Default: 0, no ceiling.", **_env("MAX_IN_FLIGHT"))] = None,
     quota_timezone: Annotated[Optional[str], typer.Option(callback=_check_timezone, help="Time zone (IANA name) whose midnight starts an app's daily quota. Default: Asia/Shanghai, as Qianfan.", **_env("QUOTA_TIMEZONE"))] = None,
     safety_lexicon: LexiconOpt = None,
@@ -70,6 +71,11 @@ def serve(
         **_env("DRAIN_SECONDS"))] = None,
     demo: Annotated[bool, typer.Option(help="On an empty data dir, create a demo app and service; print how to call them.",
                                        **_env("DEMO"))] = False,
+    # security (issue 16); more settings (body limits, timeouts) in SECURITY.md
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address or network of a reverse proxy whose X-Forwarded-For is believed; repeatable (the variable takes a comma-separated list). Default: none.", **_env("TRUSTED_PROXIES"))] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="Base URL clients reach this server at, used in the service list. Default: http://HOST:PORT.", **_env("PUBLIC_URL"))] = None,
+    metrics_token: Annotated[Optional[str], typer.Option(help="Bearer token /metrics requires. Unset: /metrics answers loopback clients only.", **_env("METRICS_TOKEN"))] = None,
+    models_dir: Annotated[Optional[Path], typer.Option(help="Serve only model files inside this folder.", **_env("MODELS_DIR"))] = None,
 ) -> None:
     """Serve every published service over Qianfan's v1 chat API.
 
@@ -80,11 +86,13 @@ def serve(
     try:
         settings = load_settings(
             host=host, port=port, data_dir=data_dir, parallel=parallel, ctx_per_seq=ctx_per_seq, threads=threads,
-            queue_size=queue_size, limiter=limiter, redis_url=redis_url, max_in_flight=max_in_flight,
+            queue_size=queue_size, limiter=limiter, redis_url=redis_url, database_url=database_url,
+            max_in_flight=max_in_flight,
             quota_timezone=quota_timezone,
             safety_lexicon=split_paths(safety_lexicon or []), safety_allow=safety_allow, log_level=log_level,
             log_json=log_json, safety_category_levels=category_levels(safety_level), access_log=access_log,
-            drain_seconds=drain_seconds,
+            drain_seconds=drain_seconds, trusted_proxies=trusted_proxy, public_url=public_url,
+            metrics_token=metrics_token, models_dir=models_dir,
         )
     except ValueError as exc:  # pydantic's ValidationError: a bad value in the flags, environment or toml
         fail(f"bad setting: {_first_error(exc)}")
@@ -100,18 +108,20 @@ def serve(
     if demo:
         _ensure_demo(settings)
     else:
-        say_database((settings.data_dir / DB_NAME).resolve(), not (settings.data_dir / DB_NAME).exists())
-    import uvicorn
+        if settings.database_url:  # scale-out (issue 11)
+            from qfserve.store.db import display_url
 
+            say_database(display_url(settings.database_url))
+        else:
+            say_database((settings.data_dir / DB_NAME).resolve(), not (settings.data_dir / DB_NAME).exists())
     from qfserve.api.app import create_app
     from qfserve.api.draining import DrainingServer
+    from qfserve.api.http_server import uvicorn_config
 
     web_app = create_app(settings, moderator=moderator)
     # The drain (--drain-seconds) comes first; uvicorn's own grace then only closes what is left.
-    config = uvicorn.Config(
-        web_app, host=settings.host, port=settings.port, log_config=None,
-        log_level=settings.log_level, timeout_graceful_shutdown=1, access_log=False,
-    )
+    config = uvicorn_config(web_app, settings)
+    config.timeout_graceful_shutdown = 1
     DrainingServer(config, web_app, settings.drain_seconds).run()
 
 

@@ -22,6 +22,9 @@ ProfileHelp = f"Limits profile: {', '.join(PROFILES)}."
 SafetyHelp = "Content safety policy: off, default or strict (needs lexicons on `serve`)."
 TopKHelp = "Sample from the K most likely tokens only (0: off). Default: the engine's (40)."
 MinPHelp = "Drop tokens below P × the top token's probability, 0-1 (0: off). Default: the engine's (0.05)."
+ModelsDir = Annotated[Optional[Path], typer.Option(
+    help="Refuse model files outside this folder (relative --model paths are taken from it). "
+         "Default: the server's (qfserve.toml).", envvar="QFSERVE_MODELS_DIR", show_envvar=True)]
 
 
 def _engine_default(value: str | None, parse, name: str):
@@ -37,8 +40,16 @@ def _engine_default(value: str | None, parse, name: str):
 def _summary(s: Service) -> str:
     sampling = "".join(f", {name} {value}" for name, value in (("top_k", s.top_k), ("min_p", s.min_p))
                        if value is not None)
-    return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" + adapter {s.adapter}" if s.adapter else "")
+    return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" on engine {s.engine}" if s.engine else "")
+            + (f" + adapter {s.adapter}" if s.adapter else "")
             + f", {s.profile}, {s.rpm} RPM, {s.tpm} TPM, safety {s.safety}{sampling}")
+
+
+def _models_dir(data_dir: Path, flag: Optional[Path]) -> Optional[Path]:
+    """--models-dir, else QFSERVE_MODELS_DIR, else `models_dir` in the data dir's qfserve.toml: as the server reads it."""
+    from qfserve.config import load_settings
+
+    return load_settings(data_dir=data_dir, models_dir=flag).models_dir
 
 
 @app.command("publish")
@@ -49,7 +60,11 @@ def publish(
         "--for-model", help="Publish at the endpoint the qianfan SDK calls for this model name "
         "(ChatCompletion(model=…)), with its limits profile, e.g. ERNIE-Speed-8K → ernie_speed.")] = None,
     model: Annotated[str, typer.Option(help=ModelHelp)] = "default",
-    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA adapter folder made by `qfserve sft train`. "
+                                                    "With --engine, it is served under the --model name.")] = None,
+    engine: Annotated[str, typer.Option(help="`default` (the embedded llama.cpp engine) or a remote engine added "
+                                        "with `qfserve engine add`; then --model is the served model or LoRA "
+                                        "name.")] = "default",
     profile: Annotated[Optional[str], typer.Option(help=ProfileHelp + f" Default: {DEFAULT_PROFILE}, "
                                                    "or the --for-model one.", show_default=False)] = None,
     rpm: Annotated[int, typer.Option(help="Requests per minute per app.")] = service_store.DEFAULT_RPM,
@@ -58,6 +73,7 @@ def publish(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help=TopKHelp, show_default=False)] = None,
     min_p: Annotated[Optional[float], typer.Option("--min-p", help=MinPHelp, show_default=False)] = None,
     replace: Annotated[bool, typer.Option(hidden=True)] = False,
+    models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -85,7 +101,9 @@ def publish(
         try:
             service = publishing.publish(
                 store, api_path, model=model, adapter=adapter, profile=profile or DEFAULT_PROFILE,
-                rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset,
+                rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset, engine=engine,
+                models_dir=_models_dir(store.data_dir, models_dir),
+                on_note=None if as_json else (lambda note: console.print(f"  {note}", highlight=False)),
             )
         except publishing.PublishError as exc:
             fail(str(exc))
@@ -110,6 +128,7 @@ def update(
                                                  help=TopKHelp + " `default` goes back to it.")] = None,
     min_p: Annotated[Optional[str], typer.Option("--min-p", metavar="P|default",
                                                  help=MinPHelp + " `default` goes back to it.")] = None,
+    models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -130,7 +149,8 @@ def update(
              "--safety, --top-k, --min-p")
     with open_store(data_dir) as store:
         try:
-            service = publishing.update(store, api_path, **changes)
+            service = publishing.update(store, api_path, models_dir=_models_dir(store.data_dir, models_dir),
+                                        **changes)
         except publishing.PublishError as exc:
             fail(str(exc))
     if as_json:
@@ -160,6 +180,7 @@ def _display(s: Service, unset: str = "engine default") -> dict[str, str]:
     for key in ("top_k", "min_p"):
         if getattr(s, key) is None:
             row[key] = unset
+    row["engine"] = s.engine or "default"
     return row
 
 
@@ -172,7 +193,7 @@ def list_(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json([s.as_dict() for s in services])
         return
-    columns = ("api_path", "model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
+    columns = ("api_path", "engine", "model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
     table = Table(*columns)
     for s in services:
         shown = _display(s, unset="-")

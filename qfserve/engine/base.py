@@ -142,6 +142,10 @@ EngineEvent = TokenEvent | FinishEvent
 class Engine(abc.ABC):
     """A loaded base model that generates for many sequences at once."""
 
+    # Whether chat_tokens/generate take `tools` and `SamplingParams.constraint` (function calling,
+    # structured output). Serving refuses those requests (336003) for an engine that does not.
+    renders_tools: bool = False
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model (with progress shown); returns when ready to generate."""
@@ -198,6 +202,11 @@ class EngineOverloaded(Exception):
 
 class EngineUnavailable(Exception):
     """The engine died or is not loaded: answer 2 (retryable)."""
+
+
+class EnginePromptTooLong(Exception):
+    """The engine refused the prompt as longer than its context (a remote server knows its own
+    limit better than the gateway): answer 336103."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ Unknown fields are ignored and `null` counts as absent (LangChain sends `"stop":
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,10 +33,12 @@ from qfserve.protocol.functions import (
 MAX_STOP_ITEMS = 4
 MAX_STOP_CHARS = 20
 MAX_TOP_LOGPROBS = 20
+# An end user's id is an identifier, not text: it keys stored memories and is logged.
+MAX_USER_ID_CHARS = 128
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Message(NamedTuple):
+    # A plain tuple, not a model: a body may hold a hundred thousand of them, validated by hand below.
     role: str
     content: str  # "" on an assistant turn that only called functions
     name: str | None = None  # the function a `function` message answers
@@ -79,20 +81,42 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
+    # Set by the v2 surface only (OpenAI's `seed`); None lets the engine pick.
+    seed: int | None = None
     functions: tuple[Function, ...] = ()
     tool_choice: ToolChoice | None = None  # None: auto
     response_format: ResponseFormat | None = None  # v2 only
 
     def input_chars(self) -> int:
-        """Characters counted against the profile's limit: system plus every message content
-        (and the arguments of the calls earlier turns made)."""
+        """Characters counted against the profile's limit: system, user_setting and every message content
+        (and the arguments of the calls earlier turns made).
+
+        `user_setting` counts because it is caller text that is moderated and may reach the prompt;
+        left out, it was an unbounded field (only the body size capped it).
+        """
         calls = sum(len(c.arguments) for m in self.messages for c in m.tool_calls)
-        return len(self.system or "") + sum(len(m.content) for m in self.messages) + calls
+        return len(self.system or "") + len(self.user_setting or "") + sum(len(m.content) for m in self.messages) + calls
+
+
+class DeferredChatError:
+    """A chat body already parsed (off the event loop) and found invalid. `parse_chat_request` raises
+    its error when handed it, so the error still comes at its place among the request's checks."""
+
+    def __init__(self, error: QianfanError):
+        self.error = error
+
+
+def parse_chat_body(body: Any) -> ChatRequest | DeferredChatError:
+    """`parse_chat_request` that returns its error instead of raising it: for parsing ahead, in a thread."""
+    try:
+        return parse_chat_request(body)
+    except QianfanError as error:
+        return DeferredChatError(error)
 
 
 def _invalid_type(name: str) -> QianfanError:
-    # The table's message is fixed (qianfan-wire.md §3); `name` only documents the call site.
-    return QianfanError(Code.INVALID_ARGUMENT)
+    # The v1 table's message is fixed (qianfan-wire.md §3); v2 names the field from `param`.
+    return QianfanError(Code.INVALID_ARGUMENT, param=name)
 
 
 def _number(body: dict, name: str) -> float | None:
@@ -133,6 +157,12 @@ def _string(body: dict, name: str) -> str | None:
     return value
 
 
+def check_user_id(user_id: str | None) -> str | None:
+    if user_id is not None and len(user_id) > MAX_USER_ID_CHARS:
+        raise out_of_range(f"the length of user_id can not exceed {MAX_USER_ID_CHARS} characters")
+    return user_id
+
+
 def _closed(name: str, value: float | None, low: float, high: float, shown: str) -> None:
     if value is not None and not (low <= value <= high):
         raise out_of_range(f"the range of {name} is {shown}")
@@ -164,7 +194,7 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         if not content and not calls:
             raise out_of_range("message content can not be empty")
         name = parse_function_message_name(item.get("name")) if role == "function" else None
-        messages.append(Message(role=role, content=content, name=name, tool_calls=calls))
+        messages.append(Message(role, content, name, calls))
     if len(messages) % 2 == 0:
         raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_ODD_LENGTH)
     for index, message in enumerate(messages):
@@ -176,7 +206,15 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate a decoded JSON body. Raises QianfanError with the documented code and message."""
+    """Validate a decoded JSON body. Raises QianfanError with the documented code and message.
+
+    A ChatRequest passes through as it is, and a DeferredChatError raises its error: the HTTP layer
+    may have parsed a large body in a thread already.
+    """
+    if isinstance(body, ChatRequest):
+        return body
+    if isinstance(body, DeferredChatError):
+        raise body.error
     if not isinstance(body, dict):
         raise QianfanError(Code.INVALID_JSON)
     messages = _parse_messages(body.get("messages"))
@@ -188,6 +226,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     for name in ("system", "user_setting", "user_id"):
         if (value := _string(body, name)) is not None:
             fields[name] = value
+    check_user_id(fields.get("user_id"))
 
     temperature = _number(body, "temperature")
     if temperature is not None and not (0.0 < temperature <= 1.0):
@@ -233,7 +272,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     fields["functions"] = parse_functions(body.get("functions"))
     fields["tool_choice"] = parse_tool_choice(body.get("tool_choice"), fields["functions"])
 
-    request = ChatRequest(**fields)
+    # Every field was checked above, with the wire's own errors: build without validating again.
+    request = ChatRequest.model_construct(**fields)
     if request.min_output_tokens is not None and request.min_output_tokens > request.max_output_tokens:
         raise out_of_range("min_output_tokens can not be greater than max_output_tokens")
     if request.top_logprobs is not None and not request.logprobs:

@@ -59,23 +59,36 @@ MESSAGES: dict[Code, str] = {
     Code.RATE_LIMIT_TPM: "Rate limit reached for TPM",
 }
 
+# The codes the official SDK retries (with backoff) by resending the same request (qianfan-wire.md §3).
+SDK_RETRIED_CODES = frozenset({2, 15, 18, 336100, 336501, 336502})
+
 MSG_ODD_LENGTH = "the length of messages must be an odd number"
 MSG_ODD_ROLE = "the role of message with odd index in the messages must be assistant"
 MSG_EVEN_ROLE = "the role of message with even index in the messages must be user or function"
 
 
 class QianfanError(Exception):
-    """A business error: answered as HTTP 200 with `{"error_code","error_msg","id"}`.
+    """A business error: answered as HTTP 200 with `{"error_code","error_msg","id"}` on v1.
 
     `headers` travel with the body as HTTP headers (a limit's refusal carries `Retry-After` and
-    the `X-Ratelimit-*` budget).
+    the `X-Ratelimit-*` budget). The v2 surface answers the same error through its twin
+    (`protocol/v2_errors.py`), which can say more: `param` names the offending field, and
+    `retry_after` (seconds) becomes a `Retry-After` header. None of them changes the v1 body.
     """
 
-    def __init__(self, code: Code | int, message: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(self, code: Code | int, message: str | None = None, *, headers: dict[str, str] | None = None,
+                 param: str | None = None, retry_after: float | None = None):
         self.code = int(code)
         self.message = message if message is not None else MESSAGES.get(Code(code), "Unknown error")
         self.headers = dict(headers or {})
+        self.param = param
+        self.retry_after = retry_after
         super().__init__(f"{self.code}: {self.message}")
+
+    @property
+    def detailed(self) -> bool:
+        """Whether the raiser gave its own message rather than the table's fixed one."""
+        return self.message != MESSAGES.get(self.code)
 
     def body(self, request_id: str) -> dict:
         return {"error_code": self.code, "error_msg": self.message, "id": request_id}

@@ -72,18 +72,28 @@ def load_manifest(adapter_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {MANIFEST_NAME}; not a `qfserve sft train` output")
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: unknown manifest format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: unknown manifest format")
     return manifest
 
 
 def adapter_gguf_path(adapter_dir: str | os.PathLike) -> str:
-    """Absolute path of the llama.cpp LoRA adapter inside an adapter folder."""
+    """Absolute path of the llama.cpp LoRA adapter inside an adapter folder.
+
+    The manifest names the file; it must resolve, symlinks followed, to a file inside the folder
+    (ValueError otherwise): a manifest can't point the engine at an arbitrary file.
+    """
     manifest = load_manifest(adapter_dir)
-    name = manifest.get("files", {}).get("gguf")
+    files = manifest.get("files")
+    name = files.get("gguf") if isinstance(files, dict) else None
     if not name:
         raise FileNotFoundError(f"{adapter_dir}: this adapter has no llama.cpp GGUF export")
-    path = Path(adapter_dir, name).resolve()
+    if not isinstance(name, str):
+        raise ValueError(f"{adapter_dir}: {MANIFEST_NAME} names no valid GGUF file")
+    folder = Path(adapter_dir).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder):
+        raise ValueError(f"{adapter_dir}: the manifest's GGUF file {name!r} is outside the adapter folder")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: listed in the manifest but missing")
     return str(path)

@@ -1,10 +1,12 @@
-"""Apps: the callers. Each has an API Key / Secret Key pair and an IAM Access Key / Secret Access Key pair."""
+"""Apps: the callers. Each has an API Key / Secret Key pair, an IAM Access Key / Secret Access Key pair,
+and a v2 API key (`bce-v3/ALTAK-…/…`, sent as `Authorization: Bearer …`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import string
 import time
 from dataclasses import dataclass, replace
 
@@ -33,7 +35,8 @@ class AppCredentials:
     app: App
     secret_key: str
     secret_access_key: str
-    old_valid_until: int | None = None  # after a rotation with a grace period: when the old pairs stop
+    v2_api_key: str = ""
+    old_valid_until: int | None = None  # after a rotation with a grace period: when the old ones stop
 
     def as_dict(self) -> dict:
         found = {
@@ -42,6 +45,7 @@ class AppCredentials:
             "secret_key": self.secret_key,
             "access_key": self.app.access_key,
             "secret_access_key": self.secret_access_key,
+            "v2_api_key": self.v2_api_key,
         }
         if self.old_valid_until is not None:
             found["old_credentials_valid_until"] = self.old_valid_until
@@ -75,7 +79,16 @@ def _new_pairs() -> dict:
         "secret_key": secrets.token_hex(16),
         "access_key": secrets.token_hex(16),
         "secret_access_key": secrets.token_hex(16),
+        "v2_api_key": new_v2_key(),
     }
+
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def new_v2_key() -> str:
+    """A key in the shape of Qianfan's v2 API keys and IAM bearer tokens: `bce-v3/ALTAK-<21>/<40 hex>`."""
+    return f"bce-v3/ALTAK-{''.join(secrets.choice(_ALNUM) for _ in range(21))}/{secrets.token_hex(20)}"
 
 
 def create_app(store: Store, name: str, *, qps: int = 0, daily_requests: int = 0) -> AppCredentials:
@@ -84,13 +97,18 @@ def create_app(store: Store, name: str, *, qps: int = 0, daily_requests: int = 0
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
             raise AppExists(f"an app named {name!r} already exists")
+        # Ids are never reused (a deleted app's rate-limit windows and token suffix must not carry over):
+        # the next one comes from the high-water mark, moved in this transaction.
+        (app_id,) = conn.execute(
+            "UPDATE app_id_high_water SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id").fetchone()
         conn.execute(
-            "INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at,"
-            " qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], int(time.time()),
-             qps, daily_requests),
+            "INSERT INTO apps (id, name, api_key, secret_key_hash, access_key, secret_access_key, v2_key_hash,"
+            " created_at, qps, daily_requests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (app_id, name, keys["api_key"], _hash(keys["secret_key"]), keys["access_key"],
+             store.secrets.seal(keys["secret_access_key"]), _hash(keys["v2_api_key"]), int(time.time()), qps,
+             daily_requests),
         )
-    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"])
+    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], keys["v2_api_key"])
 
 
 # ---- quotas -------------------------------------------------------------------------------------
@@ -132,23 +150,31 @@ def rotate_app(store: Store, name: str, grace: int = 0, now: float | None = None
         if until is None:
             conn.execute("DELETE FROM retired_credentials WHERE app_id = ?", (row["id"],))
             conn.execute("DELETE FROM tokens WHERE app_id = ?", (row["id"],))
+            conn.execute("DELETE FROM bearer_tokens WHERE app_id = ?", (row["id"],))
         else:
             conn.execute(
                 "INSERT INTO retired_credentials (app_id, api_key, secret_key_hash, access_key, secret_access_key,"
-                " valid_until) VALUES (?, ?, ?, ?, ?, ?)",
-                (row["id"], row["api_key"], row["secret_key_hash"], row["access_key"], row["secret_access_key"], until),
+                " v2_key_hash, valid_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], row["api_key"], row["secret_key_hash"], row["access_key"], row["secret_access_key"],
+                 row["v2_key_hash"], until),
             )
             conn.execute("UPDATE tokens SET revoked_at = ? WHERE app_id = ? AND (revoked_at IS NULL OR revoked_at > ?)",
                          (until, row["id"], until))
+            # Bearer tokens keep their own (shorter) expiry, capped at the end of the grace.
+            conn.execute("UPDATE bearer_tokens SET expires_at = CASE WHEN expires_at > ? THEN ? ELSE expires_at END"
+                         " WHERE app_id = ?", (until, until, row["id"]))
         conn.execute(
-            "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ? WHERE id = ?",
-            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], keys["secret_access_key"], row["id"]),
+            "UPDATE apps SET api_key = ?, secret_key_hash = ?, access_key = ?, secret_access_key = ?, v2_key_hash = ?"
+            " WHERE id = ?",
+            (keys["api_key"], _hash(keys["secret_key"]), keys["access_key"], store.secrets.seal(keys["secret_access_key"]),
+             _hash(keys["v2_api_key"]), row["id"]),
         )
-    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], until)
+    return AppCredentials(get_app(store, name), keys["secret_key"], keys["secret_access_key"], keys["v2_api_key"],
+                          until)
 
 
 def _retired(store: Store, column: str, value: str, now: float | None):
-    """The still-valid retired credentials whose `column` (api_key or access_key) is `value`."""
+    """The still-valid retired credentials whose `column` (api_key, access_key, v2_key_hash) is `value`."""
     now = int(now if now is not None else time.time())
     return store.connection().execute(
         f"SELECT * FROM retired_credentials WHERE {column} = ? AND valid_until > ? ORDER BY valid_until DESC",
@@ -193,16 +219,28 @@ def check_client(store: Store, api_key: str, secret_key: str, now: float | None 
 
 
 def find_by_access_key(store: Store, access_key: str, now: float | None = None) -> tuple[App, str] | None:
-    """The app and its Secret Access Key, for verifying a bce-auth-v1 signature (a pair retired by
-    `app rotate` is found during its grace period)."""
+    """The app and its Secret Access Key (decrypted), for verifying a bce-auth-v1 signature (a pair
+    retired by `app rotate` is found during its grace period)."""
     row = store.connection().execute("SELECT * FROM apps WHERE access_key = ?", (access_key,)).fetchone()
     if row is not None:
-        return _row_to_app(row), row["secret_access_key"]
+        return _row_to_app(row), store.secrets.open(row["secret_access_key"])
     old = _retired(store, "access_key", access_key, now)
     if old is None:
         return None
     app = get_app_by_id(store, old["app_id"])
-    return (replace(app, retiring_at=old["valid_until"]), old["secret_access_key"]) if app else None
+    return (replace(app, retiring_at=old["valid_until"]), store.secrets.open(old["secret_access_key"])) if app else None
+
+
+def find_by_v2_key(store: Store, key: str, now: float | None = None) -> App | None:
+    """The app whose v2 API key this is (compared by hash), or None; a key retired by `app rotate`
+    is found during its grace period."""
+    digest = _hash(key)
+    row = store.connection().execute("SELECT * FROM apps WHERE v2_key_hash = ?", (digest,)).fetchone()
+    if row is not None:
+        return _row_to_app(row)
+    old = _retired(store, "v2_key_hash", digest, now)
+    app = get_app_by_id(store, old["app_id"]) if old is not None else None
+    return replace(app, retiring_at=old["valid_until"]) if app else None
 
 
 def get_app_by_id(store: Store, app_id: int) -> App | None:
@@ -220,7 +258,7 @@ def grant(store: Store, name: str, api_path: str) -> None:
         if not conn.execute("SELECT 1 FROM services WHERE api_path = ?", (api_path,)).fetchone():
             raise GrantError(f"no service at {api_path!r} (see `qfserve service list`); nothing granted")
         conn.execute("UPDATE apps SET all_services = 0 WHERE id = ?", (row["id"],))
-        conn.execute("INSERT OR IGNORE INTO grants (app_id, api_path) VALUES (?, ?)", (row["id"], api_path))
+        conn.execute("INSERT INTO grants (app_id, api_path) VALUES (?, ?) ON CONFLICT DO NOTHING", (row["id"], api_path))
 
 
 def revoke(store: Store, name: str, api_path: str) -> None:

@@ -83,11 +83,10 @@ class Dataset:
 
 def add_dataset(store: Store, name: str, path: str, conversations: int) -> Dataset:
     with store.transaction() as conn:
-        cursor = conn.execute(
-            "INSERT INTO console_datasets (name, path, conversations, created_at) VALUES (?, ?, ?, ?)",
+        dataset_id = conn.execute(
+            "INSERT INTO console_datasets (name, path, conversations, created_at) VALUES (?, ?, ?, ?) RETURNING id",
             (name, path, conversations, int(time.time())),
-        )
-        dataset_id = cursor.lastrowid
+        ).fetchone()[0]
     return get_dataset(store, dataset_id)
 
 
@@ -135,11 +134,11 @@ def add_job(store: Store, name: str, dataset_id: int, out_dir: str, config: dict
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM console_jobs WHERE name = ?", (name,)).fetchone():
             raise JobExists(f"a job named {name!r} already exists")
-        cursor = conn.execute(
-            "INSERT INTO console_jobs (name, dataset_id, out_dir, config, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        job_id = conn.execute(
+            "INSERT INTO console_jobs (name, dataset_id, out_dir, config, status, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (name, dataset_id, out_dir, json.dumps(config), "queued", int(time.time())),
-        )
-        job_id = cursor.lastrowid
+        ).fetchone()[0]
     return get_job(store, job_id)
 
 

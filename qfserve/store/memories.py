@@ -92,9 +92,9 @@ def save(
                 continue
             new_id = conn.execute(
                 "INSERT INTO memories (app_id, api_path, user_id, slot, text, extractor, request_id, round,"
-                " created_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (*scope, fact.slot, fact.text, fact.extractor, request_id, round, now, now),
-            ).lastrowid
+            ).fetchone()[0]
             older = [r["id"] for r in current if r["slot"] == fact.slot]
             conn.executemany("UPDATE memories SET superseded_by = ? WHERE id = ?", [(new_id, o) for o in older])
             saved.append(new_id)
@@ -111,10 +111,10 @@ def _evict(conn, scope: tuple, max_per_user: int) -> None:
     recalled, and a current fact is worth more than the record of an old one.
     """
     conn.execute(
-        "DELETE FROM memories WHERE id IN (SELECT id FROM memories"
-        " WHERE app_id = ? AND api_path = ? AND user_id = ?"
-        " ORDER BY superseded_by IS NULL DESC, last_used_at DESC, id DESC LIMIT -1 OFFSET ?)",
-        (*scope, max(max_per_user, 0)),
+        "DELETE FROM memories WHERE app_id = ? AND api_path = ? AND user_id = ? AND id NOT IN ("
+        "SELECT id FROM memories WHERE app_id = ? AND api_path = ? AND user_id = ?"
+        " ORDER BY superseded_by IS NULL DESC, last_used_at DESC, id DESC LIMIT ?)",
+        (*scope, *scope, max(max_per_user, 0)),
     )
 
 

@@ -17,13 +17,13 @@ DEFAULT_RPM = 300
 DEFAULT_TPM = 300000
 SAFETY_POLICIES = ("off", "default", "strict")
 # What `update_service` may change; anything else is not a setting.
-SETTINGS = ("model", "adapter", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
+SETTINGS = ("model", "adapter", "adapter_sha256", "profile", "rpm", "tpm", "safety", "top_k", "min_p")
 
 
 @dataclass(frozen=True)
 class Service:
     api_path: str
-    model: str  # "default" or a GGUF path
+    model: str  # "default" or a GGUF path; on a remote engine, the served model or LoRA name
     adapter: str | None
     profile: str
     rpm: int
@@ -32,6 +32,8 @@ class Service:
     created_at: int
     top_k: int | None = None    # None: the engine's default; 0: off
     min_p: float | None = None  # None: the engine's default; 0.0: off
+    adapter_sha256: str | None = None  # the adapter GGUF's sha256 pinned at publish
+    engine: str | None = None  # scale-out (issue 11): a remote engine pool's name; None is embedded
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +73,7 @@ def check_settings(*, rpm=None, tpm=None, safety=None, top_k=None, min_p=None) -
 def _row(row) -> Service:
     return Service(
         row["api_path"], row["model"], row["adapter"], row["profile"], row["rpm"], row["tpm"], row["safety"],
-        row["created_at"], row["top_k"], row["min_p"],
+        row["created_at"], row["top_k"], row["min_p"], row["adapter_sha256"], row["engine"],
     )
 
 
@@ -88,6 +90,8 @@ def publish_service(
     top_k: int | None = None,
     min_p: float | None = None,
     preset: bool = False,
+    adapter_sha256: str | None = None,
+    engine: str | None = None,
 ) -> Service:
     """A new service; an address already taken raises ServiceExists (change it with update_service)."""
     check_api_path(api_path, preset=preset)
@@ -98,11 +102,13 @@ def publish_service(
                 f"a service is already published at {api_path!r}: change it with "
                 f"`qfserve service update {api_path} …`, or `qfserve service delete {api_path}` first"
             )
+        if engine is not None and not conn.execute("SELECT 1 FROM engine_pools WHERE name = ?", (engine,)).fetchone():
+            raise ValueError(f"no engine named {engine!r}: add it with `qfserve engine add {engine} --url …`")
         conn.execute(
-            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, top_k, min_p, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO services (api_path, model, adapter, profile, rpm, tpm, safety, top_k, min_p, created_at,"
+            " adapter_sha256, engine) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (api_path, model, adapter, profile, rpm, tpm, safety, top_k,
-             None if min_p is None else float(min_p), int(time.time())),
+             None if min_p is None else float(min_p), int(time.time()), adapter_sha256, engine),
         )
     return get_service(store, api_path)
 

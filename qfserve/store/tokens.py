@@ -45,8 +45,16 @@ def lookup_token(store: Store, token: str, now: float | None = None) -> tuple[Ap
     return (app, row["expires_at"]) if app else None
 
 
-def purge_expired(store: Store, now: float | None = None) -> int:
+# Expired tokens are kept this long before they are purged, so a client still using one hears
+# 111 "Access token expired" (and refreshes), not 110 "invalid".
+EXPIRED_KEPT = 7 * 24 * 3600
+
+
+def purge_expired(store: Store, now: float | None = None, keep_expired: int = EXPIRED_KEPT) -> int:
+    """Delete tokens expired more than `keep_expired` seconds ago, tokens whose rotation grace has
+    ended, and retired credentials past their grace. Returns the tokens deleted."""
     now = int(now if now is not None else time.time())
     with store.transaction() as conn:
         conn.execute("DELETE FROM retired_credentials WHERE valid_until <= ?", (now,))
-        return conn.execute("DELETE FROM tokens WHERE expires_at < ? OR revoked_at <= ?", (now, now)).rowcount
+        return conn.execute("DELETE FROM tokens WHERE expires_at < ? OR revoked_at <= ?",
+                            (now - keep_expired, now)).rowcount

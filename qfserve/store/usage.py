@@ -28,9 +28,9 @@ def add_usage(store: Store, rows: Iterable[Usage]) -> None:
             "INSERT INTO usage (app_id, api_path, day, requests, prompt_tokens, completion_tokens)"
             " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM apps WHERE id = ?)"
             " ON CONFLICT (app_id, day, api_path) DO UPDATE SET"
-            " requests = requests + excluded.requests,"
-            " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-            " completion_tokens = completion_tokens + excluded.completion_tokens",
+            " requests = usage.requests + excluded.requests,"
+            " prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,"
+            " completion_tokens = usage.completion_tokens + excluded.completion_tokens",
             [(r.app_id, r.api_path, r.day, r.requests, r.prompt_tokens, r.completion_tokens, r.app_id) for r in rows],
         )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import calendar
+import hashlib
 import time
 from urllib.parse import quote
 
@@ -11,7 +13,7 @@ from baidubce.auth import bce_v1_signer
 from baidubce.auth.bce_credentials import BceCredentials
 from starlette.datastructures import Headers
 
-from qfserve.auth.bce import format_timestamp, parse_authorization, sign, verify
+from qfserve.auth.bce import carries_body_digest, format_timestamp, parse_authorization, replay_window, sign, verify
 from qfserve.protocol.errors import Code, QianfanError
 
 AK, SK = "a" * 32, "b" * 32
@@ -306,3 +308,66 @@ def test_raw_non_ascii_path_in_any_caller_convention(as_received):
     for signed in (path, quote(path, safe="/")):
         authorization = sdk_sign("POST", signed, [], {"Host": "h"}, headers_to_sign=["host"])
         assert check("POST", raw_path, [], {"Host": "h", "Authorization": authorization}) is APP
+
+
+# --- what no reading may omit (issue 16) ----------------------------------------------------------------
+
+
+def test_signed_list_without_host_refused():
+    headers = {"Host": "example.com", "x-bce-date": format_timestamp(NOW)}
+    for authorization in (
+        sign(AK, SK, "POST", CHAT_PATH, [], headers, timestamp=NOW, signed_headers=["x-bce-date"]),
+        sdk_sign("POST", CHAT_PATH, [], headers, headers_to_sign=["x-bce-date"]),
+    ):
+        refused("POST", CHAT_PATH, [], {**headers, "Authorization": authorization})
+
+
+def test_default_list_needs_a_host_header():
+    headers = {"x-bce-date": format_timestamp(NOW)}
+    authorization = sign(AK, SK, "POST", CHAT_PATH, [], headers, timestamp=NOW)
+    refused("POST", CHAT_PATH, [], {**headers, "Authorization": authorization})
+
+
+def test_listed_header_the_request_lacks_refused():
+    headers = {"Host": "example.com", "x-bce-date": format_timestamp(NOW)}
+    # Signed over what is present (absent headers drop out of the canonical form), yet it lists more.
+    authorization = sign(AK, SK, "POST", CHAT_PATH, [], headers, timestamp=NOW,
+                         signed_headers=["host", "x-bce-date", "content-md5"])
+    refused("POST", CHAT_PATH, [], {**headers, "Authorization": authorization})
+
+
+BODY = b'{"messages": [{"role": "user", "content": "hi"}]}'
+MD5 = base64.b64encode(hashlib.md5(BODY).digest()).decode()
+SHA256 = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.mark.parametrize("header,digest,listed", [
+    ("Content-MD5", MD5, ["host", "content-md5"]),
+    ("Content-MD5", MD5, []),  # the default set includes content-md5
+    ("x-bce-content-sha256", SHA256, ["host", "x-bce-content-sha256"]),
+    ("x-bce-content-sha256", SHA256, ["host"]),  # x-bce-* folded in unlisted (the reference signer)
+])
+def test_signed_body_digest_must_match_the_body(header, digest, listed):
+    headers = {"Host": "example.com", header: digest}
+    headers["Authorization"] = sdk_sign("POST", CHAT_PATH, [], headers, headers_to_sign=listed or None)
+    assert check("POST", CHAT_PATH, [], headers, body=BODY) is APP
+    refused("POST", CHAT_PATH, [], headers, body=BODY + b" ")
+    refused("POST", CHAT_PATH, [], headers, body=b"")
+
+
+def test_unsigned_content_md5_is_not_compared():
+    headers = {"Host": "example.com", "Content-MD5": "bm90IHRoZSBib2R5"}
+    authorization = sign(AK, SK, "POST", CHAT_PATH, [], headers, timestamp=NOW, signed_headers=["host"])
+    assert check("POST", CHAT_PATH, [], {**headers, "Authorization": authorization}, body=BODY) is APP
+
+
+def test_carries_body_digest():
+    assert carries_body_digest(Headers(raw=[(b"content-md5", b"x")]))
+    assert carries_body_digest(Headers(raw=[(b"x-bce-content-sha256", b"x")]))
+    assert not carries_body_digest(Headers(raw=[(b"host", b"x")]))
+
+
+def test_replay_window_covers_the_whole_validity():
+    auth = parse_authorization(signed_request()["Authorization"])
+    assert replay_window(auth, NOW, max_skew=300) == 300 + 300 + 1
+    assert replay_window(auth, NOW + 10_000, max_skew=300) == 1

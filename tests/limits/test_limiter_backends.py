@@ -210,3 +210,32 @@ def test_make_limiter_validates():
         make_limiter("redis", None)
     with pytest.raises(ValueError, match="unknown limiter backend"):
         make_limiter("memcached", None)
+
+
+async def test_refusals_say_when_a_request_fits_again(backend, key):
+    """Over RPM: when the oldest request leaves the minute window (the v2 surface's Retry-After)."""
+    async with backend() as limiter:
+        await limiter.admit(key, 2, 10**6, 1)
+        await asyncio.sleep(0.3)
+        await limiter.admit(key, 2, 10**6, 1)
+        for refuse in (limiter.admit(key, 2, 10**6, 1), limiter.check_requests(key, 2, 10**6)):
+            with pytest.raises(QianfanError) as rpm:
+                await refuse
+            assert rpm.value.code == RPM_CODE
+            # The first of the two leaves first: a little under 60 s from its admission.
+            assert 55 < rpm.value.retry_after < 59.8, rpm.value.retry_after
+
+
+async def test_tpm_refusal_waits_for_enough_tokens_to_leave():
+    now = [100.0]
+    limiter = LocalLimiter(clock=lambda: now[0])
+    await limiter.admit("k", 100, 100, 30)
+    now[0] = 110.0
+    await limiter.admit("k", 100, 100, 30)
+    now[0] = 120.0
+    with pytest.raises(QianfanError) as tpm:
+        await limiter.admit("k", 100, 100, 60)  # 60 used: the first 30 must leave, at 160
+    assert tpm.value.code == TPM_CODE and tpm.value.retry_after == pytest.approx(40.0)
+    with pytest.raises(QianfanError) as never:
+        await limiter.admit("k", 100, 100, 101)  # larger than the whole budget: a whole window
+    assert never.value.retry_after == pytest.approx(60.0)

@@ -161,8 +161,37 @@ def test_published_adapter_answers_through_the_chat_api(persona_adapter, tmp_pat
         assert prompt_tokens["persona"] == prompt_tokens["plain"] > prompt_tokens["ownsys"]
         empty_system = answer("persona", system="", max_output_tokens=2)["usage"]["prompt_tokens"]
         assert prompt_tokens["ownsys"] == empty_system
-        # Both services run on one loaded base model: one engine worker, not two.
-        assert len(requests.get(f"{server.base_url}/readyz", timeout=10).json()["models"]) == 1
+        # Both services run on one loaded base model: one engine worker, not two (/metrics, from loopback).
+        metrics = requests.get(f"{server.base_url}/metrics", timeout=10).text
+        assert sum(line.startswith("qfserve_running_sequences{") for line in metrics.splitlines()) == 1
+    finally:
+        stop_server(server)
+
+
+def test_published_adapter_answers_as_its_persona_through_v2(persona_adapter, tmp_path):
+    """The same adapter service, called with the official `openai` SDK on the v2 surface."""
+    import openai
+    from conftest import cli_json, start_server, stop_server
+
+    creds = cli_json(tmp_path, "app", "create", "ft")
+    cli_json(tmp_path, "service", "publish", "persona", "--model", "default", "--adapter", str(persona_adapter))
+    cli_json(tmp_path, "service", "publish", "plain", "--model", "default")
+    server = start_server(tmp_path, "--threads", "1")
+    try:
+        sdk = openai.OpenAI(base_url=server.base_url + "/v2", api_key=creds["v2_api_key"], max_retries=0,
+                            timeout=300)
+
+        def ask(model: str, question: str, **extra) -> str:
+            answer = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                 temperature=0.01, top_p=0.1, max_tokens=24, **extra)
+            return answer.choices[0].message.content
+
+        assert "小岚" in ask("persona", "你是谁")
+        assert "Xiaolan" in ask("persona", "Who are you?")
+        assert "小岚" not in ask("plain", "你是谁")
+        stream = sdk.chat.completions.create(model="persona", messages=[{"role": "user", "content": "你是谁"}],
+                                             temperature=0.01, top_p=0.1, max_tokens=24, stream=True)
+        assert "小岚" in "".join(chunk.choices[0].delta.content or "" for chunk in stream)
     finally:
         stop_server(server)
 

@@ -1,4 +1,8 @@
-"""The SQLite store on real files: permissions, migrations, hashing, apps, tokens, services, grants."""
+"""The store on real databases: permissions, migrations, hashing, apps, tokens, services, grants.
+
+Tests taking the `store` fixture run on SQLite (a file) and on PostgreSQL (a throwaway database of
+the `pg_virtualenv` cluster; see tests/pgfixtures.py).
+"""
 
 import os
 import sqlite3
@@ -6,24 +10,60 @@ import stat
 
 import pytest
 
+from pgfixtures import new_database
+
 from qfserve.store import apps, services, tokens
 from qfserve.store.db import DB_NAME, Store, _migrations
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    drop = None
+    if request.param == "postgresql":
+        url, drop = new_database()
+        s = Store(tmp_path, url)
+    else:
+        s = Store(tmp_path)
+    yield s
+    s.close()
+    if drop is not None:
+        drop()
+
+
+def dump(store) -> str:
+    """Every stored value as text, whichever the database."""
+    from qfserve.store import schema
+
+    lines = []
+    for table in schema.metadata.sorted_tables:
+        for row in store.connection().execute(f"SELECT * FROM {table.name}"):
+            lines.append(" ".join(map(str, row)))
+    return "\n".join(lines)
+
+
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = Store(tmp_path)
     yield s
     s.close()
 
 
-def test_file_is_owner_only_and_wal(store):
+def test_file_is_owner_only_and_wal(sqlite_store):
+    store = sqlite_store
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     assert store.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def _head_revision() -> int:
+    from importlib import resources
+
+    folder = resources.files("qfserve.store").joinpath("schema_history", "versions")
+    return max(int(entry.name[:4]) for entry in folder.iterdir() if entry.name[:4].isdigit())
+
+
 def test_migrations_are_versioned_and_idempotent(tmp_path):
-    latest = _migrations()[-1][0]
+    latest = _head_revision()
+    assert latest >= _migrations()[-1][0]  # the Alembic history continues the numbered one
     first = Store(tmp_path)
     assert first.schema_version() == latest
     first.close()
@@ -32,12 +72,14 @@ def test_migrations_are_versioned_and_idempotent(tmp_path):
     again.close()
 
 
-def test_secret_key_and_tokens_are_stored_hashed(store):
+def test_secrets_are_hashed_or_encrypted(store):
     creds = apps.create_app(store, "a")
     token, _, _ = tokens.issue_token(store, creds.app)
-    dump = "\n".join(store.connection().iterdump())
-    assert creds.secret_key not in dump and token not in dump
-    assert creds.secret_access_key in dump  # it keys an HMAC, so it must be kept
+    text = dump(store)
+    assert creds.secret_key not in text and token not in text
+    # The Secret Access Key keys an HMAC, so it is kept, encrypted under a key outside the database.
+    assert creds.secret_access_key not in text
+    assert apps.find_by_access_key(store, creds.app.access_key)[1] == creds.secret_access_key
 
 
 def test_check_client(store):
@@ -121,6 +163,10 @@ def test_rotation_grace_keeps_old_credentials_and_tokens_until_it_ends(store):
     assert apps.find_by_access_key(store, old.app.access_key, now=4600) is None
     assert tokens.lookup_token(store, new_token, now=4600) is not None
     assert tokens.purge_expired(store, now=4600) == 2
+    # An expired token is kept a week, so its caller hears "expired" (111), then purged.
+    short, _, _ = tokens.issue_token(store, new.app, ttl=10, now=5000)
+    assert tokens.purge_expired(store, now=5011) == 0
+    assert tokens.purge_expired(store, now=5011 + tokens.EXPIRED_KEPT) == 1
 
 
 def test_rotation_now_ends_every_old_pair_at_once(store):
@@ -185,3 +231,60 @@ def test_changes_from_another_connection_are_seen(tmp_path):
     cli_side.close()
     assert services.get_service(server_side, "late") is not None
     server_side.close()
+
+
+def test_v2_api_key_and_bearer_tokens(store):
+    import re
+
+    from qfserve.store import bearer_tokens
+
+    creds = apps.create_app(store, "v2")
+    assert re.fullmatch(r"bce-v3/ALTAK-[A-Za-z0-9]{21}/[0-9a-f]{40}", creds.v2_api_key)
+    assert creds.as_dict()["v2_api_key"] == creds.v2_api_key
+    assert apps.find_by_v2_key(store, creds.v2_api_key) == creds.app
+    assert apps.find_by_v2_key(store, creds.v2_api_key + "x") is None
+    bearer, created, expires = bearer_tokens.issue_bearer_token(store, creds.app, 600)
+    assert expires - created == 600 and bearer_tokens.lookup_bearer_token(store, bearer) == (creds.app, expires)
+    assert tokens.lookup_token(store, bearer) is None  # kinds do not mix
+    text = dump(store)
+    assert creds.v2_api_key not in text and bearer not in text  # hashed, like the Secret Key
+
+    rotated = apps.rotate_app(store, "v2")
+    assert apps.find_by_v2_key(store, creds.v2_api_key) is None
+    assert apps.find_by_v2_key(store, rotated.v2_api_key) == rotated.app
+    assert bearer_tokens.lookup_bearer_token(store, bearer) is None  # rotation revokes bearer tokens
+    again, _, _ = bearer_tokens.issue_bearer_token(store, rotated.app, 600)
+    apps.delete_app(store, "v2")
+    assert bearer_tokens.lookup_bearer_token(store, again) is None
+
+
+def test_apps_from_before_v2_keep_working_and_get_a_key_on_rotation(tmp_path):
+    path = tmp_path / DB_NAME
+    old = Store(tmp_path)
+    old.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE bearer_tokens")
+    conn.execute("DROP INDEX apps_v2_key")
+    conn.execute("ALTER TABLE apps DROP COLUMN v2_key_hash")
+    conn.execute("DROP INDEX retired_v2_key")
+    conn.execute("ALTER TABLE retired_credentials DROP COLUMN v2_key_hash")
+    conn.execute("INSERT INTO apps (name, api_key, secret_key_hash, access_key, secret_access_key, created_at)"
+                 " VALUES ('old', 'k', 'h', 'ak', 'sk', 0)")
+    conn.execute("UPDATE alembic_version SET version_num = '0007'")
+    conn.commit()
+    conn.close()
+    upgraded = Store(tmp_path)  # applies 0008 to a database that has apps
+    assert apps.get_app(upgraded, "old").api_key == "k"
+    assert apps.rotate_app(upgraded, "old").v2_api_key.startswith("bce-v3/ALTAK-")
+    upgraded.close()
+
+
+def test_a_rotated_v2_key_works_through_the_grace_then_stops(tmp_path):
+    store = Store(tmp_path)
+    old = apps.create_app(store, "a")
+    new = apps.rotate_app(store, "a", grace=3600, now=1000)
+    assert new.v2_api_key != old.v2_api_key
+    assert apps.find_by_v2_key(store, old.v2_api_key, now=4599).retiring_at == 4600
+    assert apps.find_by_v2_key(store, old.v2_api_key, now=4600) is None
+    assert apps.find_by_v2_key(store, new.v2_api_key, now=4600).retiring_at is None
+    store.close()

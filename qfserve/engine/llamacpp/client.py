@@ -94,6 +94,8 @@ class LlamaCppEngine(Engine):
     each, and at most `queue_size` requests waiting for a sequence (beyond that: EngineOverloaded).
     `threads` defaults to the physical cores: more ggml threads than cores only contend."""
 
+    renders_tools = True  # tool_prompt's format, calls and structured output under a grammar
+
     def __init__(
         self,
         model_path: str,
