@@ -33,16 +33,24 @@ def source_tree() -> Path:
     return CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
 
 
-def ensure_llama_server() -> Path:
-    binary = CACHE / "build" / "bin" / "llama-server"
+def ensure_tool(name: str) -> Path:
+    """Build one of llama.cpp's programs (`llama-server`, `llama-batched-bench`) once."""
+    binary = CACHE / "build" / "bin" / name
     if binary.exists():
         return binary
     build = CACHE / "build"
-    _run("cmake", "-S", str(source_tree()), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON")
-    _run("cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2))
+    if not (build / "CMakeCache.txt").exists():
+        _run("cmake", "-S", str(source_tree()), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+             "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON")
+    _run("cmake", "--build", str(build), "--target", name, "-j", str(os.cpu_count() or 2))
     return binary
 
 
+def ensure_llama_server() -> Path:
+    return ensure_tool("llama-server")
+
+
 if __name__ == "__main__":
-    print(ensure_llama_server())
+    # `python -m bench.llama_server [llama-batched-bench]`
+    print(ensure_tool(sys.argv[1] if len(sys.argv) > 1 else "llama-server"))

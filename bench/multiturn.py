@@ -76,9 +76,8 @@ async def _ttft_counters(target: QfserveHttpTarget) -> tuple[float, float]:
 
 
 async def _reused(target: QfserveHttpTarget) -> int:
-    """Prompt tokens the engine took from a slot's cache so far (its worker stats)."""
-    models = (await target.client.get("/readyz")).json()["models"]
-    return sum(m.get("prompt_tokens_reused", 0) for m in models.values())
+    """Prompt tokens the engine took from cached KV cells so far (its /metrics counter)."""
+    return int((await target.engine_counters()).get("qfserve_engine_prompt_tokens_reused", 0))
 
 
 async def measure(target: QfserveHttpTarget, prompts: ChatPrompt, *, parallel: int, rounds: int,

@@ -38,10 +38,20 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on and this process has not handed out before: the kernel can give
+    the same free port to two bind(0) calls in a row, and two targets on one port (llama-server
+    binds with SO_REUSEPORT) would share each other's requests."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 async def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -118,7 +128,8 @@ class LlamaServerTarget:
         self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = open(tempfile.gettempdir() + f"/llama-server-{self.port}.log", "w")  # kept for post-mortems
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
         await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
         self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
 
@@ -168,11 +179,11 @@ class QfserveHttpTarget:
 
     name = "qfserve http"
 
-    def __init__(self, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int):
+    def __init__(self, *, parallel: int, ctx_per_seq: int, threads: int, max_tokens: int, extra: tuple[str, ...] = ()):
         self.data_dir = Path(tempfile.mkdtemp(prefix="qfserve-bench-"))
         self.url = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/bench"
         self.port = free_port()
-        self.settings = ["--parallel", str(parallel), "--ctx-per-seq", str(ctx_per_seq), "--threads", str(threads)]
+        self.settings = ["--parallel", str(parallel), "--ctx-per-seq", str(ctx_per_seq), "--threads", str(threads), *extra]
         self.max_tokens = max_tokens
         self.process: subprocess.Popen | None = None
         self.client: httpx.AsyncClient | None = None
@@ -221,11 +232,19 @@ class QfserveHttpTarget:
             values[name] = float(match.group(1)) if match else 0.0
         return values["sum"], values["count"]
 
+    async def engine_counters(self) -> dict[str, float]:
+        """The engine's own counters from /metrics (qfserve_engine_*, qfserve_kv_*), summed over models."""
+        text = (await self.client.get("/metrics")).text
+        counters: dict[str, float] = {}
+        for match in re.finditer(r"^(qfserve_(?:engine|kv)_[a-z_]+?)(?:_total)?{[^}]*} ([0-9.e+-]+)$", text, re.M):
+            counters[match.group(1)] = counters.get(match.group(1), 0.0) + float(match.group(2))
+        return counters
+
     async def worker_counters(self) -> tuple[float, float, int]:
-        """(busy, decode seconds, steps) of the engine worker, from /readyz."""
-        models = (await self.client.get("/readyz")).json()["models"]
-        stats = next(iter(models.values()), {})
-        return stats.get("busy_seconds", 0.0), stats.get("decode_seconds", 0.0), stats.get("steps", 0)
+        """(busy, decode seconds, steps) of the engine worker."""
+        c = await self.engine_counters()
+        return (c.get("qfserve_engine_busy_seconds", 0.0), c.get("qfserve_engine_decode_seconds", 0.0),
+                int(c.get("qfserve_engine_steps", 0)))
 
     def worker_pid(self) -> int | None:
         try:

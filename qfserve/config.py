@@ -16,7 +16,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from qfserve.engine.llamacpp.protocol import physical_cores
+from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, physical_cores
 from qfserve.limits.days import DEFAULT_TIMEZONE, check_timezone
 
 CONFIG_FILE = "qfserve.toml"
@@ -44,13 +44,21 @@ class Settings(BaseSettings):
 
     # Embedded engine
     parallel: int = Field(4, ge=1, le=64, description="max concurrent sequences per base model")
-    ctx_per_seq: int = Field(4096, ge=256, description="KV cache cells per sequence")
     threads: int = Field(default_factory=physical_cores, ge=1)
     queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
     tool_call_threshold: float = Field(
         0.1, ge=0.0, le=1.0,
         description="tool_choice auto: call when the call marker is at least this likely at the answer's start",
     )
+    # engine (issue 15): KV cells (a region per sequence, or one shared pool), admission by predicted wait
+    kv_cells: int | None = Field(None, ge=256, description="KV cells per base model, all sequences together "
+                                 f"(default: parallel * ctx_per_seq, ctx_per_seq defaulting to {DEFAULT_CTX_PER_SEQ})")
+    ctx_per_seq: int = Field(0, ge=0, description="most KV cells one sequence may hold (prompt + answer); "
+                             "0: kv_cells / parallel, or the whole pool with kv_unified")
+    kv_unified: bool = Field(False, description="one KV pool the sequences share instead of a region each")
+    kv_type: str = Field("f16", pattern="^(f16|q8_0)$", description="KV cell type: f16, or q8_0 (half the memory, "
+                         "answers independent of batching, long prompts prefill slower)")
+    max_queue_wait: float = Field(30.0, gt=0, description="seconds a request may wait for a sequence before 336100")
 
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")
@@ -124,6 +132,17 @@ class Settings(BaseSettings):
             if proxy != "*":
                 ipaddress.ip_network(proxy, strict=False)  # ValueError names the bad entry
         return proxies
+
+    @property
+    def kv_pool_cells(self) -> int:  # engine (issue 15)
+        return self.kv_cells or self.parallel * (self.ctx_per_seq or DEFAULT_CTX_PER_SEQ)
+
+    @property
+    def seq_limit(self) -> int:  # engine (issue 15): what one sequence may hold
+        pool = self.kv_pool_cells
+        if self.kv_unified:
+            return min(self.ctx_per_seq or pool, pool)
+        return min(self.ctx_per_seq or pool // self.parallel, pool // self.parallel)
 
     @classmethod
     def settings_customise_sources(

@@ -27,3 +27,50 @@ REMOTE_LATENCY = Histogram("qfserve_remote_request_seconds", "Replica call durat
                            ["engine", "replica"], buckets=_LATENCY_BUCKETS)
 REMOTE_HEALTHY = Gauge("qfserve_remote_replica_healthy", "1 while a replica is admitted, 0 while ejected",
                        ["engine", "replica"])
+
+# engine (issue 15): the embedded engines' own counters, read from their stats at each scrape.
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY  # noqa: E402
+
+_ENGINE_COUNTERS = {
+    "steps": ("qfserve_engine_steps", "Decode steps run"),
+    "busy_seconds": ("qfserve_engine_busy_seconds", "Seconds the engine worker spent in steps"),
+    "decode_seconds": ("qfserve_engine_decode_seconds", "Seconds of those inside llama_decode"),
+    "prompt_tokens_reused": ("qfserve_engine_prompt_tokens_reused", "Prompt tokens taken from the KV pool (kept or copied), not prefilled"),
+    "prompt_tokens_prefilled": ("qfserve_engine_prompt_tokens_prefilled", "Prompt tokens prefilled"),
+    "rejected": ("qfserve_engine_rejected", "Requests refused at once (336100): predicted queue wait over the bound, or a full queue"),
+    "queue_timeouts": ("qfserve_engine_queue_timeouts", "Requests refused (336100) after waiting the whole bound without starting"),
+}
+_ENGINE_GAUGES = {
+    "kv_cells": ("qfserve_kv_cells", "Cells in the shared KV pool"),
+    "kv_used": ("qfserve_kv_cells_used", "KV cells holding tokens (running and cached sequences)"),
+    "kv_reserved": ("qfserve_kv_cells_reserved", "KV cells running sequences may still grow into"),
+    "kv_cached": ("qfserve_kv_cells_cached", "KV cells only idle sequences' cached prefixes hold (evictable)"),
+    "predicted_wait_seconds": ("qfserve_predicted_queue_wait_seconds", "Predicted wait for a sequence of a live request arriving now"),
+    "decode_tokens_per_s": ("qfserve_engine_decode_tokens_per_second", "Measured decode throughput with every sequence busy"),
+}
+_engine_stats: dict[str, dict] = {}
+
+
+def set_engine_stats(stats_by_model: dict[str, dict]) -> None:
+    """What each loaded engine reported (Engine.stats()), exported at the next collect."""
+    global _engine_stats
+    _engine_stats = stats_by_model
+
+
+class _EngineCollector:
+    def collect(self):
+        for key, (name, doc) in _ENGINE_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=["model"])
+            for model, stats in _engine_stats.items():
+                if key in stats:
+                    family.add_metric([model], float(stats[key]))
+            yield family
+        for key, (name, doc) in _ENGINE_GAUGES.items():
+            family = GaugeMetricFamily(name, doc, labels=["model"])
+            for model, stats in _engine_stats.items():
+                if key in stats:
+                    family.add_metric([model], float(stats[key]))
+            yield family
+
+
+REGISTRY.register(_EngineCollector())

@@ -11,7 +11,8 @@ def test_precedence(tmp_path, monkeypatch):
     assert settings.port == 9001  # file
     assert settings.parallel == 5  # env beats file
     assert settings.queue_size == 11  # flag beats env
-    assert settings.ctx_per_seq == 4096  # default
+    # defaults: a region per sequence holding an 8K profile's input and output
+    assert settings.ctx_per_seq == 0 and settings.seq_limit == 9216 and settings.kv_pool_cells == 5 * 9216
 
 
 def test_defaults_without_file(tmp_path, monkeypatch):

@@ -43,10 +43,14 @@ def embedded_engine_factory(settings: Settings) -> Callable[[str], Engine]:
         return LlamaCppEngine(
             model_path,
             parallel=settings.parallel,
+            kv_cells=settings.kv_pool_cells,
             ctx_per_seq=settings.ctx_per_seq,
+            kv_unified=settings.kv_unified,
+            kv_type=settings.kv_type,
             threads=settings.threads,
             queue_size=settings.queue_size,
             tool_call_threshold=settings.tool_call_threshold,
+            max_queue_wait=settings.max_queue_wait,
         )
 
     return make

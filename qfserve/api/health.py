@@ -60,8 +60,9 @@ async def metrics_endpoint(request: Request) -> Response:
     refusal = _metrics_refusal(request)
     if refusal is not None:
         return refusal
-    for path, engine in request.app.state.engines.engines().items():
-        stats = engine.stats()
+    by_model = {path: engine.stats() for path, engine in request.app.state.engines.engines().items()}
+    for path, stats in by_model.items():
         metrics.RUNNING.labels(path).set(stats.get("running", 0))
         metrics.WAITING.labels(path).set(stats.get("waiting", 0))
+    metrics.set_engine_stats(by_model)  # KV pool use, reuse, rejections (engine, issue 15)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -49,9 +49,14 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port to listen on. Default: 8360.", **_env("PORT"))] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Database and config folder (reads qfserve.toml there). Default: the per-user data folder.", **_env("DATA_DIR"))] = None,
     parallel: Annotated[Optional[int], typer.Option(help="Max concurrent sequences per base model. Default: 4.", **_env("PARALLEL"))] = None,
-    ctx_per_seq: Annotated[Optional[int], typer.Option(help="KV cache cells per sequence (prompt + answer). Default: 4096.", **_env("CTX_PER_SEQ"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads. Default: physical cores.", **_env("THREADS"))] = None,
     queue_size: Annotated[Optional[int], typer.Option(help="Waiting requests before answering 336100. Default: 64.", **_env("QUEUE_SIZE"))] = None,
+    # engine (issue 15)
+    kv_cells: Annotated[Optional[int], typer.Option(help="KV cells per base model, all sequences together (one cell per prompt or answer token). Default: parallel x --ctx-per-seq.", **_env("KV_CELLS"))] = None,
+    ctx_per_seq: Annotated[Optional[int], typer.Option(help="Most KV cells one sequence may hold (prompt + answer); longer prompts get 336103. Default: 9216 (an 8K profile's 7168 + 2048), or kv-cells / parallel when --kv-cells is given, or the whole pool with --kv-unified.", **_env("CTX_PER_SEQ"))] = None,
+    kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--kv-per-sequence", help="One KV pool the sequences share (a long conversation may use what several short ones would), instead of a region each. Default: a region each (answers then never depend on what else runs).", **_env("KV_UNIFIED"))] = None,
+    kv_type: Annotated[Optional[str], typer.Option(help="KV cell type: f16, or q8_0 (half the memory; answers never depend on batching; prompts of thousands of tokens prefill slower). Default: f16.", **_env("KV_TYPE"))] = None,
+    max_queue_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait for a sequence: beyond the predicted wait it gets 336100 at once. Default: 30.", **_env("MAX_QUEUE_WAIT"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis; with it, the failed-auth throttle is shared too.", **_env("REDIS_URL"))] = None,
     database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL (postgresql://user:password@host:5432/db) for state shared by several gateways. Default: the SQLite file in the data dir.", **_env("DATABASE_URL"))] = None,
@@ -82,6 +87,8 @@ def serve(
     Settings come from flags, then QFSERVE_* environment variables, then qfserve.toml in the data
     dir, then defaults. SIGTERM stops admitting, lets running answers finish, then exits.
     """
+    if kv_type is not None and kv_type not in ("f16", "q8_0"):
+        raise typer.BadParameter("choose f16 or q8_0", param_hint="--kv-type")
     data_dir = data_dir_or_default(data_dir)
     try:
         settings = load_settings(
@@ -93,6 +100,7 @@ def serve(
             log_json=log_json, safety_category_levels=category_levels(safety_level), access_log=access_log,
             drain_seconds=drain_seconds, trusted_proxies=trusted_proxy, public_url=public_url,
             metrics_token=metrics_token, models_dir=models_dir,
+            kv_cells=kv_cells, kv_unified=kv_unified, kv_type=kv_type, max_queue_wait=max_queue_wait,  # engine (issue 15)
         )
     except ValueError as exc:  # pydantic's ValidationError: a bad value in the flags, environment or toml
         fail(f"bad setting: {_first_error(exc)}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from qfserve.cli.common import DataDir, JsonFlag, YesFlag, confirm, console, fail, open_store, print_json
+from qfserve.cli.common import DataDir, JsonFlag, YesFlag, confirm, console, err_console, fail, open_store, print_json
 from qfserve.services import publishing
 from qfserve.services.profiles import DEFAULT_PROFILE, PROFILES, sdk_endpoint
 from qfserve.store import services as service_store
@@ -43,6 +43,16 @@ def _summary(s: Service) -> str:
     return (f"[bold]{s.api_path}[/]: model {s.model}" + (f" on engine {s.engine}" if s.engine else "")
             + (f" + adapter {s.adapter}" if s.adapter else "")
             + f", {s.profile}, {s.rpm} RPM, {s.tpm} TPM, safety {s.safety}{sampling}")
+
+
+def _note_printer(as_json: bool):
+    """What publishing reports as it goes: warnings on stderr always, progress on stdout unless --json."""
+    def note(text: str) -> None:
+        if text.startswith("warning:"):
+            err_console.print(text, highlight=False)
+        elif not as_json:
+            console.print(f"  {text}", highlight=False)
+    return note
 
 
 def _models_dir(data_dir: Path, flag: Optional[Path]) -> Optional[Path]:
@@ -103,7 +113,7 @@ def publish(
                 store, api_path, model=model, adapter=adapter, profile=profile or DEFAULT_PROFILE,
                 rpm=rpm, tpm=tpm, safety=safety, top_k=top_k, min_p=min_p, preset=preset, engine=engine,
                 models_dir=_models_dir(store.data_dir, models_dir),
-                on_note=None if as_json else (lambda note: console.print(f"  {note}", highlight=False)),
+                on_note=_note_printer(as_json),
             )
         except publishing.PublishError as exc:
             fail(str(exc))
@@ -149,8 +159,9 @@ def update(
              "--safety, --top-k, --min-p")
     with open_store(data_dir) as store:
         try:
-            service = publishing.update(store, api_path, models_dir=_models_dir(store.data_dir, models_dir),
-                                        **changes)
+            service = publishing.update(
+                store, api_path, models_dir=_models_dir(store.data_dir, models_dir),
+                on_note=_note_printer(as_json), **changes)
         except publishing.PublishError as exc:
             fail(str(exc))
     if as_json:

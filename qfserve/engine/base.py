@@ -85,12 +85,12 @@ class SamplingParams:
     repeat_penalty: float = 1.0  # the seed's penalty_score
     frequency_penalty: float = 0.1
     presence_penalty: float = 0.0
-    penalty_last_n: int = 64
+    penalty_last_n: int = -1  # generated tokens the penalties look back on; -1: the whole answer (never the prompt)
     max_tokens: int = 1024
     min_tokens: int = 0  # end-of-generation is suppressed until this many tokens exist
     stop: tuple[str, ...] = ()  # text never includes a stop string; a partial match is held back
     min_p: float = 0.05  # llama-server's default
-    seed: int | None = None
+    seed: int | None = None  # same seed, same request: same answer (even beside other sequences)
     logprobs: bool = False
     top_logprobs: int = 0
     constraint: Constraint | None = None  # structured output (response_format); calls come from `tools`

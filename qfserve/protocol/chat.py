@@ -81,7 +81,8 @@ class ChatRequest(BaseModel):
     user_memory_level: int = 1
     user_setting: str | None = None
     user_id: str | None = None
-    # Set by the v2 surface only (OpenAI's `seed`); None lets the engine pick.
+    # Extension (not in the seed; as vLLM, llama-server and the v2 surface's OpenAI `seed`): an
+    # integer that makes sampling reproducible on the embedded engine. Absent: a fresh random draw.
     seed: int | None = None
     functions: tuple[Function, ...] = ()
     tool_choice: ToolChoice | None = None  # None: auto
@@ -258,6 +259,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         _closed(name, value, low, high, shown)
         if value is not None:
             fields[name] = value
+
+    if (seed := _integer(body, "seed")) is not None:
+        fields["seed"] = seed
 
     stop = body.get("stop")
     if stop is not None:

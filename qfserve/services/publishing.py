@@ -49,6 +49,20 @@ def check_profile(profile: str) -> str:
         raise PublishError(str(exc)) from None
 
 
+def check_capacity(store: Store, profile: str, model: str, on_note: Callable[[str], None] | None) -> None:
+    """The embedded engine's configured KV cells must hold the profile's longest request (issue 15);
+    going past the model's trained context is only a warning."""
+    from qfserve.services.capacity import capacity_notes
+
+    try:
+        notes = capacity_notes(profile, model, store.data_dir)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
+    for note in notes:
+        if on_note is not None:
+            on_note(f"warning: {note}")
+
+
 def publish(
     store: Store,
     api_path: str,
@@ -81,6 +95,7 @@ def publish(
     if remote is None:
         model = check_model(model, models_dir)
         adapter_dir, pin = check_adapter(adapter, model, models_dir) if adapter is not None else (None, None)
+        check_capacity(store, profile, model, on_note)
     else:
         if service_store.get_service(store, api_path) is not None:  # before calling on the replicas
             raise PublishError(f"a service is already published at {api_path!r}: change it with "
@@ -108,6 +123,7 @@ def update(
     top_k=KEEP,
     min_p=KEEP,
     models_dir: str | os.PathLike | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Service:
     """Change only the settings given, keeping the rest. `adapter=None` serves the base alone;
     `top_k=None` / `min_p=None` go back to the engine's defaults. The adapter is checked against the
@@ -143,6 +159,8 @@ def update(
         changes["adapter_sha256"] = None
     elif "model" in changes and current.adapter:
         check_adapter(current.adapter, final_model, models_dir)
+    if "model" in changes or "profile" in changes:
+        check_capacity(store, changes.get("profile", current.profile), final_model, on_note)
     try:
         return service_store.update_service(store, api_path, **changes)
     except (ValueError, service_store.ServiceNotFound) as exc:

@@ -46,3 +46,29 @@ def test_stop_split_across_a_multibyte_character():
     assert text.push(encoded[:4]) == "好"
     assert text.push(encoded[4:]) == ""
     assert text.stopped
+
+
+def test_an_unfinished_character_at_the_end_is_dropped_not_replaced():
+    encoded = "北京".encode()
+    for cut in range(len(encoded) + 1):
+        text = StreamingText()
+        shown = text.push(encoded[:cut]) + text.flush()
+        assert "\ufffd" not in shown
+        assert shown == encoded[:cut].decode("utf-8", "ignore")
+
+
+def test_invalid_bytes_mid_answer_are_still_visible_as_replacement():
+    text = StreamingText()
+    assert text.push(b"a\xffb") == "a\ufffdb"
+
+
+def test_token_texts_carry_the_characters_they_complete():
+    text = StreamingText()
+    encoded = "你好".encode()
+    text.push(encoded[:2])
+    assert text.last_decoded == ""
+    assert text.text_if(encoded[2:3]) == "你"  # an alternative that would complete the character
+    assert text.text_if(b"x") == "\ufffdx"  # one that would not: the stray bytes are visible
+    text.push(encoded[2:4])
+    assert text.last_decoded == "你"
+    assert text.text_if(encoded[4:]) == "好"

@@ -48,6 +48,16 @@ def chat_prompt() -> ChatPrompt:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def exact_engine():
+    """q8_0 KV cells: bit-identical attention whatever the batch, chunking or reuse (native.py)."""
+    engine = LlamaCppEngine(default_model_path(), parallel=2, ctx_per_seq=CTX_PER_SEQ, kv_type="q8_0", threads=1,
+                            show_progress=False)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
     # One ggml thread: ggml's spinning thread barriers collapse when the CPU is shared (CI, other
     # test processes), and these tests check behaviour, not speed.
@@ -97,7 +107,7 @@ def repeated_ngrams(tokens: list[int], n: int = 2) -> int:
 
 
 async def test_a_request_generates(engine, chat_prompt):
-    tokens = prompt_of(chat_prompt, "What is the capital of France?")
+    tokens = prompt_of(chat_prompt, "Name the capital city of France.")
     result = await run(engine, request(tokens, max_tokens=24, seed=7, temperature=0.2))
     assert result.finish.reason in ("stop", "length")
     assert result.finish.prompt_tokens == len(tokens)
@@ -120,7 +130,10 @@ async def test_concurrent_requests_match_serial_runs(engine, chat_prompt):
     assert engine.stats()["steps"] > 0
 
 
-async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine, chat_prompt):
+async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(exact_engine, chat_prompt):
+    # q8_0 cells: llama.cpp runs one attention kernel for every chunk and batch, so the chunked
+    # prefill beside a stream must give exactly the answer of the cached prompt decoded alone.
+    engine = exact_engine
     story = " ".join(f"Line {i}: the cat sat on mat number {i}." for i in range(30))
     long_tokens = prompt_of(chat_prompt, story + " Summarize.")
     assert 256 < len(long_tokens) < CTX_PER_SEQ - 16  # more than one prefill chunk
@@ -136,6 +149,22 @@ async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(engine
     alone = await run(engine, request(long_tokens, **params))  # now from the cache
     assert engine.stats()["prompt_tokens_reused"] - before == len(long_tokens) - 1
     assert beside.tokens == alone.tokens
+
+
+async def test_penalties_look_at_the_answer_not_the_prompt(engine, chat_prompt):
+    # The seed: penalty_score "penalises tokens already generated". A prompt full of a word must not
+    # make the answer avoid it (the old window started filled with the prompt's tail).
+    question = "Paris " * 40 + "\nName the capital city of France."
+    tokens = prompt_of(chat_prompt, question)
+    strong = dict(max_tokens=12, seed=7, temperature=0.01, repeat_penalty=2.0, frequency_penalty=2.0, presence_penalty=2.0)
+    answer = await run(engine, request(tokens, **strong))
+    assert "Paris" in answer.text
+    # Within the answer they bite: with the same strong penalties no token repeats in a list.
+    counting = prompt_of(chat_prompt, "List the numbers from 1 to 30, separated by commas.")
+    plain = await run(engine, request(counting, max_tokens=24, min_tokens=24, seed=1, temperature=0.01, frequency_penalty=0.0))
+    penalized = await run(engine, request(counting, max_tokens=24, min_tokens=24, seed=1, temperature=0.01,
+                                          frequency_penalty=2.0, presence_penalty=2.0))
+    assert repeated_ngrams(plain.tokens, 1) > repeated_ngrams(penalized.tokens, 1)
 
 
 async def test_repeat_penalty_lowers_repetition(engine, chat_prompt):
@@ -326,3 +355,184 @@ async def test_worker_death_fails_pending_requests_and_marks_unavailable(chat_pr
             doomed.generate(request([1, 2, 3], max_tokens=2))
     finally:
         await doomed.close()
+
+
+# -- the shared KV pool, prefix sharing, priorities, admission by predicted wait (issue 15) -------
+
+
+async def flush_pool(engine, chat_prompt) -> None:
+    """Run PARALLEL unrelated requests together: every slot is reused, old cached prefixes go."""
+    await asyncio.gather(*(
+        run(engine, request(prompt_of(chat_prompt, f"Say the number {i}."), max_tokens=2, seed=i))
+        for i in range(PARALLEL)
+    ))
+
+
+PERSONA = " ".join(f"Rule {i}: answer politely, briefly and in English about topic {i}." for i in range(25))
+
+
+async def test_a_prefix_being_prefilled_is_copied_not_prefilled_again(engine, chat_prompt):
+    """Requests with the same persona arriving together: the first prefills it, the others wait for
+    that prefill and copy its cells (counted as reused, not prefilled)."""
+    def persona_prompt(question: str) -> list[int]:
+        return chat_prompt.tokenize(chat_prompt.render([{"role": "user", "content": question}], PERSONA))
+
+    prompts = [persona_prompt(q) for q in ("What is a cat?", "What is a dog?", "What is a cow?")]
+    shared = common_prefix(prompts[0], prompts[1])
+    assert shared > 300
+    await flush_pool(engine, chat_prompt)
+    stats = engine.stats()
+    streams = [engine.generate(request(p, max_tokens=4, min_tokens=4, seed=3)) for p in prompts]
+    results = await asyncio.gather(*(collect(s) for s in streams))
+    assert all(r.finish.reason == "length" for r in results)
+    reused = engine.stats()["prompt_tokens_reused"] - stats["prompt_tokens_reused"]
+    prefilled = engine.stats()["prompt_tokens_prefilled"] - stats["prompt_tokens_prefilled"]
+    assert reused >= 2 * (shared - 1)
+    assert prefilled <= sum(len(p) for p in prompts) - 2 * (shared - 1)
+
+
+async def test_a_copied_prefix_gives_the_answer_a_prefill_gives(exact_engine, chat_prompt):
+    """The same request answers the same at top_p 0 whether its persona was copied from a running
+    sequence or prefilled by itself (exact with q8_0 cells, see exact_engine)."""
+    def persona_prompt(question: str) -> list[int]:
+        return chat_prompt.tokenize(chat_prompt.render([{"role": "user", "content": question}], PERSONA))
+
+    async def flush() -> None:  # both sequences taken over by unrelated prompts: no persona cached
+        await asyncio.gather(*(run(exact_engine, request(prompt_of(chat_prompt, f"Say {i}."), max_tokens=2)) for i in range(2)))
+
+    first, second = persona_prompt("What is a cat?"), persona_prompt("What is a dog?")
+    greedy = dict(max_tokens=16, min_tokens=16, top_p=0.0, seed=3)
+    await flush()
+    before = exact_engine.stats()["prompt_tokens_reused"]
+    alone = await run(exact_engine, request(second, **greedy))  # a full prefill
+    assert exact_engine.stats()["prompt_tokens_reused"] - before < 16
+    await flush()
+    before = exact_engine.stats()["prompt_tokens_reused"]
+    donor = exact_engine.generate(request(first, **greedy))
+    copied = exact_engine.generate(request(second, **greedy))  # arrives while the donor prefills the persona
+    _, beside = await asyncio.gather(collect(donor), collect(copied))
+    assert exact_engine.stats()["prompt_tokens_reused"] - before >= common_prefix(first, second) - 1
+    assert beside.tokens == alone.tokens
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+async def collect(stream) -> Result:
+    result = Result()
+    async for event in stream:
+        if isinstance(event, TokenEvent):
+            result.tokens.append(event.token_id)
+            result.pieces.append(event.text)
+            result.events.append(event)
+        else:
+            result.finish = event
+    return result
+
+
+async def test_same_seed_same_answer_alone_or_beside_others(engine, chat_prompt):
+    tokens = prompt_of(chat_prompt, "Write a sentence about the sea.")
+    sampled = dict(max_tokens=20, min_tokens=20, seed=1234, temperature=0.9, top_p=0.9)
+    alone = await run(engine, request(tokens, **sampled))
+    others = [run(engine, request(prompt_of(chat_prompt, f"Tell me about {t}."), max_tokens=30, seed=i))
+              for i, t in enumerate(["trees", "cars", "music"])]
+    beside, *_ = await asyncio.gather(run(engine, request(tokens, **sampled)), *others)
+    assert beside.tokens == alone.tokens
+    other_seed = await run(engine, request(tokens, **{**sampled, "seed": 99}))
+    assert other_seed.tokens != alone.tokens
+
+
+async def test_live_requests_start_before_waiting_background_ones(engine, chat_prompt):
+    tokens = prompt_of(chat_prompt, "Tell me a long story about a dragon.")
+    holders = [engine.generate(request(tokens, max_tokens=200, min_tokens=200, seed=i)) for i in range(PARALLEL - 1)]
+    short = engine.generate(request(tokens, max_tokens=6, min_tokens=6, seed=9))  # frees the first sequence
+    for stream in holders + [short]:
+        assert isinstance(await stream.__anext__(), TokenEvent)  # all four are running
+    background = engine.generate(GenerateRequest(f"req-{next(_ids)}", tokens, SamplingParams(max_tokens=4, seed=1), priority=1))
+    live = engine.generate(request(tokens, max_tokens=4, seed=2))  # arrives after the background one
+    order = []
+
+    async def first_token(name, stream):
+        async for event in stream:
+            if isinstance(event, TokenEvent) and name not in order:
+                order.append(name)
+                if name == "background":
+                    for holder in holders:
+                        await holder.aclose()  # let it run: the live one had its turn
+
+    await asyncio.gather(first_token("background", background), first_token("live", live), collect(short))
+    assert order == ["live", "background"]
+    await wait_until_idle(engine)
+
+
+async def test_a_request_that_cannot_start_in_time_is_refused_at_once(chat_prompt):
+    """A flood against a small engine with a 1 s bound: some served in full, the rest refused with
+    EngineOverloaded (at generate(), or, if the prediction was wrong, when the bound passed); no
+    request is left waiting past the bound."""
+    small = LlamaCppEngine(default_model_path(), parallel=2, kv_cells=1024, threads=1, max_queue_wait=1.0, show_progress=False)
+    await small.start()
+    try:
+        tokens = prompt_of(chat_prompt, "Count from one to twenty.")
+        refused_at_once = 0
+        streams = []
+        for i in range(60):
+            try:
+                small.check_admission()
+                streams.append(small.generate(request(tokens, max_tokens=24, min_tokens=24, seed=i)))
+            except EngineOverloaded:
+                refused_at_once += 1
+
+        async def outcome(stream):
+            try:
+                return await collect(stream)
+            except EngineOverloaded:
+                return None
+
+        results = await asyncio.gather(*(outcome(s) for s in streams))
+        served = [r for r in results if r is not None]
+        assert refused_at_once >= 30 and served
+        assert all(r.finish.reason == "length" and len(r.tokens) == 24 for r in served)
+        assert all(r.finish.queue_seconds <= 1.0 + 0.5 for r in served)  # the worker's bound, not a speed claim
+        stats = small.stats()
+        assert stats["rejected"] == refused_at_once
+        assert refused_at_once + len(served) + stats["queue_timeouts"] == 60
+    finally:
+        await small.close()
+
+
+async def test_one_long_sequence_uses_the_cells_several_short_ones_would(chat_prompt):
+    """A unified pool of 1024 cells for 2 sequences: one prompt of ~700 tokens fits (two regions of
+    512 would not); a second request that needs more cells than are left waits, then runs."""
+    pooled = LlamaCppEngine(default_model_path(), parallel=2, kv_cells=1024, kv_unified=True, threads=1, show_progress=False)
+    await pooled.start()
+    try:
+        assert pooled.context_length == 1024
+        long_tokens = prompt_of(chat_prompt, " ".join(f"Item {i} is blue." for i in range(110)) + " Which item is last?")
+        assert 600 < len(long_tokens) < 1024 - 40
+        other = prompt_of(chat_prompt, "Name three colors.")
+        first = pooled.generate(request(long_tokens, max_tokens=32, min_tokens=32, seed=1))
+        assert isinstance(await first.__anext__(), TokenEvent)
+        second = pooled.generate(request(other, max_tokens=1024 - len(long_tokens), seed=2))  # cannot fit beside it
+        timeline = []
+
+        async def watch(name, stream):
+            async for event in stream:
+                if isinstance(event, FinishEvent):
+                    timeline.append((name, "finish", event))
+                elif name == "waiting" and not any(n == name for n, _, _ in timeline):
+                    timeline.append((name, "first token", event))
+
+        await asyncio.gather(watch("long", first), watch("waiting", second))
+        steps = [(name, what) for name, what, _ in timeline]
+        assert steps == [("long", "finish"), ("waiting", "first token"), ("waiting", "finish")]
+        assert timeline[0][2].reason == "length" and timeline[2][2].reason in ("stop", "length")
+        refused = await run(pooled, request(long_tokens, max_tokens=1024))  # more than the pool holds
+        assert refused.finish.reason == "error" and "exceeds the context" in refused.finish.error
+        stats = pooled.stats()
+        assert stats["kv_cells"] == 1024 and stats["kv_reserved"] == 0
+    finally:
+        await pooled.close()

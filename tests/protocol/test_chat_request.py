@@ -98,3 +98,12 @@ def test_message_structure():
 def test_input_chars_counts_system_and_every_message():
     request = parse_chat_request({"messages": [{"role": "user", "content": "abc"}], "system": "12"})
     assert request.input_chars() == 5
+
+
+def test_seed_is_an_integer_extension():
+    assert parse_chat_request({"messages": ONE}).seed is None
+    assert parse_chat_request({"messages": ONE, "seed": 42}).seed == 42
+    assert parse_chat_request({"messages": ONE, "seed": -3}).seed == -3  # any integer
+    assert parse_chat_request({"messages": ONE, "seed": None}).seed is None
+    for wrong in ("42", 4.5, True, [1], {"v": 1}):
+        assert error_of({"messages": ONE, "seed": wrong}).code == Code.INVALID_ARGUMENT

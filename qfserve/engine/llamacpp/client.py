@@ -27,18 +27,18 @@ from qfserve.engine.base import (
     GenerateRequest,
     TokenEvent,
     Tools,
+    TopLogprob,
 )
 from qfserve.engine.llamacpp import calls, protocol
+from qfserve.engine.llamacpp.admission import Flight, WaitPredictor
 from qfserve.engine.llamacpp.grammar import check_grammar, with_grammar
-from qfserve.engine.llamacpp.protocol import WorkerConfig, physical_cores
+from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, WorkerConfig, physical_cores
 
 
 @dataclass(eq=False)
-class _Route:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    prompt_tokens: int
-    completion_tokens: int = 0
+class _Route(Flight):
+    loop: asyncio.AbstractEventLoop | None = None
+    queue: asyncio.Queue | None = None
 
 
 def _deliver(items: list[tuple[asyncio.Queue, EngineEvent]]) -> None:
@@ -70,6 +70,8 @@ class _EventStream:
             raise
         if isinstance(event, FinishEvent):
             self._done = True
+            if event.reason == "error" and event.error == protocol.OVERLOADED:
+                raise EngineOverloaded("the request could not start within the queue wait bound")
         return event
 
     async def aclose(self) -> None:
@@ -90,9 +92,13 @@ class _EventStream:
 
 
 class LlamaCppEngine(Engine):
-    """One base model served by a worker process with `parallel` sequences of `ctx_per_seq` tokens
-    each, and at most `queue_size` requests waiting for a sequence (beyond that: EngineOverloaded).
-    `threads` defaults to the physical cores: more ggml threads than cores only contend."""
+    """One base model served by a worker process: `parallel` sequences and `kv_cells` KV cells, a
+    region of `ctx_per_seq` cells each (default: 9216, an 8K profile's input and output), or with
+    `kv_unified` one pool they share (one sequence may then hold up to `ctx_per_seq`, default all).
+    A live request is refused at once (EngineOverloaded) when its predicted wait for a sequence
+    exceeds `max_queue_wait` seconds, or when `queue_size` requests already wait; one that still
+    waits that long is refused then. `threads` defaults to the physical cores: more ggml threads
+    than cores only contend."""
 
     renders_tools = True  # tool_prompt's format, calls and structured output under a grammar
 
@@ -101,24 +107,34 @@ class LlamaCppEngine(Engine):
         model_path: str,
         *,
         parallel: int = 4,
-        ctx_per_seq: int = 4096,
+        kv_cells: int | None = None,
+        ctx_per_seq: int = 0,
+        kv_unified: bool = False,
+        kv_type: str = "f16",
         threads: int | None = None,
         queue_size: int = 64,
+        max_queue_wait: float = 30.0,
         show_progress: bool | None = None,
         tool_call_threshold: float = calls.DEFAULT_CALL_THRESHOLD,
     ) -> None:
         self.config = WorkerConfig(
             model_path=model_path,
             parallel=parallel,
+            kv_cells=kv_cells or parallel * (ctx_per_seq or DEFAULT_CTX_PER_SEQ),
             ctx_per_seq=ctx_per_seq,
+            kv_unified=kv_unified,
+            kv_type=kv_type,
             threads=threads or physical_cores(),
             queue_size=queue_size,
+            max_queue_wait=max_queue_wait,
         )
+        self.predictor = WaitPredictor(parallel)
+        self.rejected = 0  # refused at once for the predicted wait or a full queue
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self.tool_call_threshold = tool_call_threshold
         self.prompt = None  # the model's chat template and vocabulary (ChatPrompt), loaded by start()
         self.load_progress = 0.0
-        self.worker_info: dict = {}  # n_ctx_seq, n_vocab, threads: sent by the worker when ready
+        self.worker_info: dict = {}  # n_ctx_seq, n_ctx_train, kv_cells, ...: sent by the worker when ready
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,14 +217,25 @@ class LlamaCppEngine(Engine):
 
     @property
     def context_length(self) -> int:
-        return int(self.worker_info.get("n_ctx_seq") or self.config.ctx_per_seq)
+        """The most one sequence may hold: the pool (or the per-sequence cap). Serving answers
+        336103 beyond it, so a request the pool can never hold is refused, not queued."""
+        return int(self.worker_info.get("n_ctx_seq") or self.config.seq_limit)
 
     def check_admission(self) -> None:
         if not self._ready:
             raise EngineUnavailable("the engine is not loaded")
         with self._lock:
-            if len(self._routes) >= self.config.parallel + self.config.queue_size:
-                raise EngineOverloaded("the engine queue is full")
+            self._refuse_if_overloaded()
+            self.predictor.admitted()
+
+    def _refuse_if_overloaded(self) -> None:
+        """Under self._lock: raise EngineOverloaded for a live request that could not start in time."""
+        if len(self._routes) >= self.config.parallel + self.config.queue_size:
+            self.rejected += 1
+            raise EngineOverloaded("the engine queue is full")
+        if self.predictor.wait(self._routes.values()) > self.config.max_queue_wait:
+            self.rejected += 1
+            raise EngineOverloaded("the predicted queue wait exceeds the bound")
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -218,11 +245,17 @@ class LlamaCppEngine(Engine):
         if not self._ready:
             raise EngineUnavailable("the engine is not loaded")
         request = calls.constrained(request, self.tool_call_threshold)
-        route = _Route(asyncio.get_running_loop(), asyncio.Queue(), len(request.prompt_tokens))
+        route = _Route(len(request.prompt_tokens), request.params.max_tokens, request.priority,
+                       loop=asyncio.get_running_loop(), queue=asyncio.Queue())
         with self._lock:
             if request.request_id in self._routes:
                 raise ValueError(f"request id {request.request_id!r} is already in flight")
-            if len(self._routes) >= self.config.parallel + self.config.queue_size:
+            if request.priority == 0:
+                self.predictor.generating()
+                self._refuse_if_overloaded()
+                self.predictor.observed_cost(route.prompt_tokens, route.max_tokens)
+            elif len(self._routes) >= self.config.parallel + self.config.queue_size:
+                self.rejected += 1
                 raise EngineOverloaded("the engine queue is full")
             self._routes[request.request_id] = route
         try:
@@ -246,13 +279,19 @@ class LlamaCppEngine(Engine):
         with self._lock:
             in_flight = len(self._routes)
             stats = dict(self._worker_stats)
+            predicted_wait = self.predictor.wait(self._routes.values())
+            rejected = self.rejected
         running = stats.get("running", 0)
+        stats.pop("started", None)
         stats.update(
             running=running,
             waiting=max(0, in_flight - running),  # includes requests still in the pipe
             in_flight=in_flight,
             parallel=self.config.parallel,
             queue_size=self.config.queue_size,
+            max_queue_wait=self.config.max_queue_wait,
+            predicted_wait_seconds=round(predicted_wait, 3),
+            rejected=rejected,
             ready=self._ready,
         )
         return stats
@@ -294,6 +333,7 @@ class LlamaCppEngine(Engine):
                 self._on_progress(message[1])
         elif kind == protocol.READY:
             self.worker_info = message[1]
+            self.predictor.update(message[1])
             self._resolve(loop, started, None)
         elif kind == protocol.LOAD_FAILED:
             self._resolve(loop, started, EngineUnavailable(f"model load failed: {message[1]}"))
@@ -313,15 +353,23 @@ class LlamaCppEngine(Engine):
         except RuntimeError:
             pass  # that loop is closed
 
-    def _dispatch(self, events: list, worker_stats: dict) -> None:
+    def _dispatch(self, events: list, worker_stats: dict | None) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
         with self._lock:
-            self._worker_stats = worker_stats
+            if worker_stats is not None:  # None: unchanged since the last ones
+                self._worker_stats = worker_stats
+                self.predictor.update(worker_stats)
+                for request_id in worker_stats.get("started", ()):
+                    route = self._routes.get(request_id)
+                    if route is not None:
+                        route.started = True
             for request_id, event in events:
                 route = self._routes.get(request_id)
                 if route is None:
                     continue
-                if isinstance(event, TokenEvent):
+                if isinstance(event, tuple):  # a token (protocol.EVENTS)
+                    token, text, logprob, top, token_text = event
+                    event = TokenEvent(token, text, logprob, tuple(TopLogprob(t, lp) for t, lp in top), token_text)
                     route.completion_tokens += 1
                 else:
                     del self._routes[request_id]

@@ -22,7 +22,7 @@ import numpy as np
 from llama_cpp import llama_cpp as L
 
 from qfserve.engine.base import SamplingParams
-from qfserve.engine.llamacpp.sampling import SequenceSampler
+from qfserve.engine.llamacpp.sampling import SequenceSampler, dist_seed
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 assert TOKEN_DATA.itemsize == ctypes.sizeof(L.llama_token_data)
@@ -53,7 +53,7 @@ def _logits(ctx, batch_index: int, n_vocab: int) -> np.ndarray:
 
 
 class ConstrainedSampler:
-    """Same interface as SequenceSampler (sample, accept_prompt, allow_eog, free)."""
+    """Same interface as SequenceSampler (sample, allow_eog, free)."""
 
     def __init__(self, params: SamplingParams, native) -> None:
         constraint = params.constraint
@@ -70,7 +70,6 @@ class ConstrainedSampler:
         self._array = L.llama_token_data_array(
             data=ctypes.cast(self._candidates.ctypes.data, L.llama_token_data_p), size=0, selected=-1, sorted=False
         )
-        self._prompt_window: list[int] = []
         self.grammar = L.llama_sampler_init_grammar(native.vocab, constraint.grammar.encode(), b"root")
         if not self.grammar:
             self.text.free()
@@ -78,8 +77,10 @@ class ConstrainedSampler:
         self.head = self._chain()
         self.tail = self._chain()
         if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            # As SequenceSampler: the generated tokens only, the whole answer unless penalty_last_n says less.
+            window = params.max_tokens if params.penalty_last_n < 0 else min(params.penalty_last_n, params.max_tokens)
             L.llama_sampler_chain_add(self.head, L.llama_sampler_init_penalties(
-                self.n_vocab, params.penalty_last_n, params.repeat_penalty, params.frequency_penalty,
+                self.n_vocab, window, params.repeat_penalty, params.frequency_penalty,
                 params.presence_penalty))
         self._top_k = params.top_k if params.top_k > 0 else 0
         if self._top_k:
@@ -89,8 +90,7 @@ class ConstrainedSampler:
         if params.min_p > 0:
             L.llama_sampler_chain_add(self.tail, L.llama_sampler_init_min_p(params.min_p, 1))
         L.llama_sampler_chain_add(self.tail, L.llama_sampler_init_temp(params.temperature))
-        seed = L.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 2**32
-        L.llama_sampler_chain_add(self.tail, L.llama_sampler_init_dist(seed))
+        L.llama_sampler_chain_add(self.tail, L.llama_sampler_init_dist(dist_seed(params.seed)))
         self.full_vocab_steps = 0  # steps where no top_k candidate was valid (for the benchmark)
 
     @staticmethod
@@ -100,13 +100,6 @@ class ConstrainedSampler:
         return L.llama_sampler_chain_init(chain_params)
 
     # -- the SequenceSampler interface ----------------------------------------------------------
-
-    def accept_prompt(self, prompt: list[int], last_n: int) -> None:
-        self.text.accept_prompt(prompt, last_n)
-        if last_n != 0:
-            window = prompt if last_n < 0 else prompt[-last_n:]
-            for token in window:
-                L.llama_sampler_accept(self.head, token)
 
     def allow_eog(self) -> None:
         self.text.allow_eog()  # the grammar decides when a constrained answer may end

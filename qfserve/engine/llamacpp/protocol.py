@@ -19,7 +19,13 @@ SHUTDOWN = "shutdown"  # (SHUTDOWN,)
 PROGRESS = "progress"  # (PROGRESS, fraction 0..1) while the model loads
 READY = "ready"  # (READY, {"n_ctx_seq": int, "n_vocab": int, ...})
 LOAD_FAILED = "load_failed"  # (LOAD_FAILED, message)
-EVENTS = "events"  # (EVENTS, [(request_id, TokenEvent | FinishEvent), ...], stats dict)
+EVENTS = "events"  # (EVENTS, [(request_id, token tuple | FinishEvent), ...], stats dict or None: unchanged)
+# A token event on the wire: (token_id, text, logprob, ((token text, logprob), ...), token_text),
+# the fields of base.TokenEvent in order.
+
+# The error of a FinishEvent for a request refused for load (it waited `max_queue_wait` without
+# starting, or the queue was full): the client raises EngineOverloaded for it (336100).
+OVERLOADED = "the engine is overloaded"
 
 
 def physical_cores() -> int:
@@ -36,12 +42,26 @@ def physical_cores() -> int:
     return max(1, len(cores) or len(allowed))
 
 
+DEFAULT_CTX_PER_SEQ = 9216  # an 8K profile's full input and output (7168 + 2048)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     model_path: str
     parallel: int = 4  # sequences decoded together (llama.cpp n_seq_max)
-    ctx_per_seq: int = 4096  # KV cells per sequence; n_ctx = parallel * ctx_per_seq
+    kv_cells: int = 4 * DEFAULT_CTX_PER_SEQ  # KV cells of the engine, all sequences together (llama.cpp n_ctx)
+    ctx_per_seq: int = 0  # most cells one sequence may hold; 0: kv_cells / parallel (or the whole pool, unified)
+    kv_unified: bool = False  # one pool the sequences share, instead of a region each (see native.py)
+    kv_type: str = "f16"  # f16 or q8_0 (see native.py)
     threads: int = 2
     queue_size: int = 64  # requests allowed to wait for a free sequence
+    max_queue_wait: float = 30.0  # seconds a request may wait before it starts (336100 beyond)
     prefill_chunk: int = 256  # prompt tokens per step, across all prefills, so streams keep flowing
     idle_prefill_chunk: int = 512  # the same when no stream is decoding: nothing waits, so go faster
+
+    @property
+    def seq_limit(self) -> int:
+        """The most cells one sequence may hold."""
+        if self.kv_unified:
+            return min(self.ctx_per_seq or self.kv_cells, self.kv_cells)
+        return min(self.ctx_per_seq or self.kv_cells // self.parallel, self.kv_cells // self.parallel)

@@ -12,9 +12,21 @@ from qfserve.engine.base import SamplingParams
 MAX_TOP_LOGPROBS = 20
 
 
+def dist_seed(seed: int | None) -> int:
+    """llama.cpp's 32-bit seed. LLAMA_DEFAULT_SEED (2**32 - 1) means "draw one at random", so a
+    caller's seed is reduced modulo 2**32 - 1 and never lands on it."""
+    return L.LLAMA_DEFAULT_SEED if seed is None else seed % L.LLAMA_DEFAULT_SEED
+
+
 class SequenceSampler:
     """A sampler chain in llama-server's order: [eog guard] → penalties → top_k → top_p → min_p →
     temperature → dist(seed).
+
+    The penalties see only the tokens generated for this answer (the seed: penalty_score
+    "penalises tokens already generated"), never the prompt: a persona or a question that repeats
+    a word must not make the answer avoid it. Their window is the whole answer unless
+    `penalty_last_n` names a shorter one. A `seed` fixes the dist sampler's random stream, so the
+    same request with the same seed gives the same answer; no seed draws a random one.
 
     top_k runs before top_p so that top_p never sorts the whole vocabulary (engine-notes.md: an
     eightfold cheaper step). The optional eog guard is a logit bias of -inf on every end-of-generation
@@ -31,10 +43,11 @@ class SequenceSampler:
                 *(L.llama_logit_bias(token=t, bias=float("-inf")) for t in eog_ids)
             )
             self._add(L.llama_sampler_init_logit_bias(n_vocab, len(eog_ids), biases))
+        window = params.max_tokens if params.penalty_last_n < 0 else min(params.penalty_last_n, params.max_tokens)
         self._add(
             L.llama_sampler_init_penalties(
                 n_vocab,
-                params.penalty_last_n,
+                window,
                 params.repeat_penalty,
                 params.frequency_penalty,
                 params.presence_penalty,
@@ -47,19 +60,10 @@ class SequenceSampler:
         if params.min_p > 0:
             self._add(L.llama_sampler_init_min_p(params.min_p, 1))
         self._add(L.llama_sampler_init_temp(params.temperature))
-        seed = L.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 2**32
-        self._add(L.llama_sampler_init_dist(seed))
+        self._add(L.llama_sampler_init_dist(dist_seed(params.seed)))
 
     def _add(self, sampler) -> None:
         L.llama_sampler_chain_add(self.chain, sampler)
-
-    def accept_prompt(self, prompt: list[int], last_n: int) -> None:
-        """Feed the prompt's tail into the penalty window, as llama-server does."""
-        if last_n == 0:
-            return
-        window = prompt if last_n < 0 else prompt[-last_n:]
-        for token in window:
-            L.llama_sampler_accept(self.chain, token)
 
     def sample(self, ctx, batch_index: int) -> int:
         """Sample (and accept) from the logits of `batch_index`, which MUST have had logits on:

@@ -1,0 +1,52 @@
+"""WaitPredictor: the predicted wait for a sequence, from requests in flight and measured speed."""
+
+from qfserve.engine.llamacpp.admission import Flight, WaitPredictor
+
+SPEED = {"step_a": 0.02, "step_b": 0.01, "prefill_tokens_per_s": 1000.0, "out_ratio": 1.0}
+
+
+def predictor(parallel=2) -> WaitPredictor:
+    p = WaitPredictor(parallel)
+    p.update(SPEED)
+    return p
+
+
+def test_no_wait_while_a_sequence_is_free():
+    p = predictor()
+    assert p.wait([Flight(10, 100, 0, started=True)]) == 0.0
+
+
+def test_the_first_free_sequence_then_one_turn_per_live_request_ahead():
+    p = predictor()
+    running = [Flight(10, 100, 0, started=True, completion_tokens=40), Flight(10, 100, 0, started=True, completion_tokens=90)]
+    step = 0.02 + 0.01 * 2
+    assert abs(p.wait(running) - 10 * step) < 1e-9  # the nearer end: 10 tokens left
+    waiting = Flight(500, 100, 0)
+    turn = 100 * step / 2 + 500 / 1000.0
+    assert abs(p.wait(running + [waiting]) - (10 * step + turn)) < 1e-9
+
+
+def test_background_requests_waiting_do_not_delay_live_ones_but_running_ones_hold_their_sequence():
+    p = predictor()
+    running = [Flight(10, 100, 0, started=True, completion_tokens=40), Flight(10, 100, 1, started=True, completion_tokens=90)]
+    background_waiting = [Flight(10, 1000, 1) for _ in range(5)]
+    assert p.wait(running + background_waiting) == p.wait(running) > 0
+
+
+def test_answers_expected_at_the_fraction_they_have_been_using():
+    p = predictor()
+    p.update({**SPEED, "out_ratio": 0.25})
+    running = [Flight(10, 100, 0, started=True, completion_tokens=5)] * 2
+    assert abs(p.wait(running) - 20 * (0.02 + 0.01 * 2)) < 1e-9
+
+
+def test_requests_between_check_and_generate_count_as_waiting():
+    p = predictor(parallel=1)
+    running = [Flight(10, 100, 0, started=True, completion_tokens=99)]
+    before = p.wait(running)
+    p.admitted()
+    p.admitted()
+    assert p.wait(running) > before
+    p.generating()
+    p.generating()
+    assert p.wait(running) == before
