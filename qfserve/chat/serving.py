@@ -46,7 +46,11 @@ from qfserve.protocol.events import (
     Usage,
     Verdict,
 )
-from qfserve.protocol.functions import MSG_FUNCTION_UNSUPPORTED, MSG_FUNCTIONS_NOT_SERVED
+from qfserve.protocol.functions import (
+    MSG_FUNCTION_UNSUPPORTED,
+    MSG_FUNCTIONS_NOT_SERVED,
+    MSG_RESPONSE_FORMAT_UNSUPPORTED,
+)
 from qfserve.protocol.ids import call_id
 from qfserve.services.adapters import trained_with_default_system
 from qfserve.services.engines import EngineRegistry
@@ -234,12 +238,16 @@ class ChatServing:
         try:
             if tools is not None:
                 engine.check_tools(tools)
-            constraint = _response_constraint(request)
-            if constraint is not None:
-                engine.check_constraint(constraint)
         except ValueError as error:
             log.info("functions refused: %s", error)
             raise out_of_range(MSG_FUNCTION_UNSUPPORTED) from None
+        constraint = _response_constraint(request)
+        try:
+            if constraint is not None:
+                engine.check_constraint(constraint)
+        except ValueError as error:
+            log.info("response_format refused: %s", error)
+            raise out_of_range(MSG_RESPONSE_FORMAT_UNSUPPORTED) from None
 
     async def _moderate_input(self, request: ChatRequest, service: Service) -> Verdict:
         if self.moderator is None or service.safety == "off":

@@ -104,7 +104,7 @@ def example_turns(tools: Tools) -> list[dict]:
         return render_messages(given)
     first = _example_function(tools)
     arguments = _dumps(_placeholder(json.loads(first.parameters)))
-    question = first.description.rstrip(". ") + "."
+    question = (first.description or first.name.replace("_", " ")).rstrip(". ") + "."  # v2: description optional
     return [{"role": "user", "content": question},
             {"role": "assistant", "content": render_call(first.name, arguments)}]
 

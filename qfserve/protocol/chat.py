@@ -50,9 +50,11 @@ class Message(NamedTuple):
         turn: dict = {"role": self.role, "content": self.content}
         if self.name is not None:
             turn["name"] = self.name
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
         if self.tool_calls:
-            turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "thoughts": c.thoughts}
-                                  for c in self.tool_calls]
+            turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "thoughts": c.thoughts,
+                                   **({"id": c.id} if c.id else {})} for c in self.tool_calls]
         return turn
 
 
@@ -170,6 +172,8 @@ def _closed(name: str, value: float | None, low: float, high: float, shown: str)
 
 
 def _parse_messages(raw: Any) -> tuple[Message, ...]:
+    if isinstance(raw, tuple) and all(isinstance(m, Message) for m in raw):
+        return raw  # turns another surface parsed already (v2: tool calls and their results)
     if raw is None:
         raise QianfanError(Code.INVALID_ARGUMENT)
     if not isinstance(raw, list):

@@ -35,6 +35,7 @@ MSG_TOOL_CHOICE_NAME = "tool_choice function name must be one of functions"
 MSG_TOOL_CHOICE_WITHOUT_FUNCTIONS = "tool_choice requires functions"
 MSG_FUNCTION_UNSUPPORTED = "functions parameters is not supported"
 MSG_FUNCTIONS_NOT_SERVED = "functions is not supported by this service"
+MSG_RESPONSE_FORMAT_UNSUPPORTED = "response_format json_schema is not supported: the schema cannot be enforced"
 
 
 class Function(BaseModel):
