@@ -10,6 +10,7 @@ whole and valid against its schema.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import AsyncIterator
 
@@ -36,6 +37,15 @@ def tools_constraint(tools: Tools, threshold: float) -> Constraint:
     )
 
 
+def output_constraint(constraint: Constraint) -> Constraint:
+    """Structured output (`response_format`): the schema with tool_prompt's caps on open strings and
+    arrays (so a rambling model still closes the JSON within max_tokens), its grammar filled in."""
+    if constraint.grammar is not None:
+        return constraint
+    schema = schema_text(tool_prompt.bounded(json.loads(constraint.json_schema)))
+    return with_grammar(replace(constraint, json_schema=schema))
+
+
 def check(tools: Tools, vocab, threshold: float) -> None:
     """Raise ValueError when the functions' schemas cannot become a grammar llama.cpp accepts."""
     check_grammar(vocab, tools_constraint(tools, threshold).grammar)
@@ -50,7 +60,7 @@ def constrained(request: GenerateRequest, threshold: float) -> GenerateRequest:
         stop = () if request.tools.forced else params.stop
         return replace(request, params=replace(params, constraint=constraint, stop=stop))
     if params.constraint is not None and params.constraint.grammar is None:
-        return replace(request, params=replace(params, constraint=with_grammar(params.constraint)))
+        return replace(request, params=replace(params, constraint=output_constraint(params.constraint)))
     return request
 
 

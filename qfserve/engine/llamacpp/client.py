@@ -31,7 +31,7 @@ from qfserve.engine.base import (
 )
 from qfserve.engine.llamacpp import calls, protocol
 from qfserve.engine.llamacpp.admission import Flight, WaitPredictor
-from qfserve.engine.llamacpp.grammar import check_grammar, with_grammar
+from qfserve.engine.llamacpp.grammar import check_grammar
 from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, WorkerConfig, physical_cores
 
 
@@ -213,7 +213,7 @@ class LlamaCppEngine(Engine):
         calls.check(tools, self.prompt.vocab, self.tool_call_threshold)
 
     def check_constraint(self, constraint: Constraint) -> None:
-        check_grammar(self.prompt.vocab, with_grammar(constraint).grammar)
+        check_grammar(self.prompt.vocab, calls.output_constraint(constraint).grammar)
 
     @property
     def context_length(self) -> int:
