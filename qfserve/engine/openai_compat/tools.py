@@ -68,9 +68,11 @@ def openai_tool_choice(tools: Tools) -> str | dict:
     return tools.mode  # "auto" or "required"
 
 
-def openai_response_format(constraint: Constraint) -> dict:
-    return {"type": "json_schema",
-            "json_schema": {"name": "response", "schema": json.loads(constraint.json_schema), "strict": True}}
+def openai_response_format(dialect: str, constraint: Constraint) -> dict:
+    schema = json.loads(constraint.json_schema)
+    if dialect == VLLM:
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": True}}
+    return {"type": "json_object", "schema": schema}  # llama-cpp-python's form (it has no json_schema type)
 
 
 def needs_chat(request: GenerateRequest) -> bool:
@@ -93,7 +95,7 @@ def chat_body(dialect: str, model: str, request: GenerateRequest, turns: list[di
         if request.tools.forced:
             body.pop("stop", None)  # a stop string inside a forced call's JSON would only cut it short
     elif request.params.constraint is not None:
-        body["response_format"] = openai_response_format(request.params.constraint)
+        body["response_format"] = openai_response_format(dialect, request.params.constraint)
     return body
 
 
@@ -124,9 +126,12 @@ class ChatStreamReader:
         for position, call in enumerate(delta.get("tool_calls") or []):
             if not isinstance(call, dict):
                 continue
+            if isinstance(call.get("function"), dict) and call["function"].get("arguments"):
+                self.tokens += 1  # a piece of the call, counted as content is
             gathered = self._calls.setdefault(call.get("index", position), {"name": "", "arguments": ""})
             function = call.get("function") if isinstance(call.get("function"), dict) else {}
-            gathered["name"] += function.get("name") or ""
+            if not gathered["name"]:  # whole in its first delta (llama-cpp-python repeats it in every one)
+                gathered["name"] = function.get("name") or ""
             gathered["arguments"] += function.get("arguments") or ""
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
