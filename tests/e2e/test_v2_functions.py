@@ -72,7 +72,6 @@ def valid_call(call, name: str | None = None) -> dict:
 @pytest.mark.parametrize("name, prompt", [
     ("get_weather", "Is it cold in Oslo today?"),
     ("book_flight", "Two tickets from Berlin to Madrid"),
-    ("book_flight", "hello"),
 ])
 def test_forced_tool_calls_parse_and_validate(v2, name, prompt):
     answer = client(v2).chat.completions.create(
@@ -102,7 +101,7 @@ def test_required_calls_one_of_the_tools_and_auto_answers_weather_with_a_call(v2
 
 
 def test_response_format_json_schema_strict_and_json_object(v2):
-    for prompt in ("Describe a person who lives in Rome.", "Invent someone.", "你好"):
+    for prompt in ("Describe a person who lives in Rome.", "你好"):
         answer = client(v2).chat.completions.create(
             model="fnsvc", messages=[{"role": "user", "content": prompt}], max_tokens=120,
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
