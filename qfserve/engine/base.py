@@ -171,8 +171,8 @@ class Engine(abc.ABC):
         Caller text is never parsed as control tokens.
 
         A message is `{"role", "content"}`; an assistant turn that called functions also has
-        `tool_calls: [{"name", "arguments", "thoughts"}]`, and a function's result is
-        `{"role": "function", "name", "content"}`. `tools` are the functions offered now, rendered
+        `tool_calls: [{"name", "arguments", "thoughts", "id"?}]`, and a function's result is
+        `{"role": "function", "name", "content", "tool_call_id"?}` (ids where the surface has them: v2). `tools` are the functions offered now, rendered
         the engine's way (engines without function calling may leave the parameter out)."""
 
     def check_tools(self, tools: Tools) -> None:

@@ -153,6 +153,9 @@ def test_a_streamed_call_arrives_in_one_delta(v2):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"n": {"type": "integer", "minimum": 18}}}}}]}, "invalid_argument",
      ["functions parameters is not supported"]),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 18}}}}}}, "invalid_argument",
+     ["response_format json_schema is not supported"]),
 ])
 def test_bad_bodies_get_openai_errors(v2, extra, code, words):
     response = requests.post(f"{v2.url}/chat/completions", headers={"Authorization": f"Bearer {v2.key}"},
