@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     parallel: int = Field(4, ge=1, le=64, description="max concurrent sequences per base model")
     threads: int = Field(default_factory=physical_cores, ge=1)
     queue_size: int = Field(64, ge=0, description="requests waiting beyond the running ones before 336100")
+    tool_call_threshold: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="tool_choice auto: call when the call marker is at least this likely at the answer's start",
+    )
     # engine (issue 15): KV cells (a region per sequence, or one shared pool), admission by predicted wait
     kv_cells: int | None = Field(None, ge=256, description="KV cells per base model, all sequences together "
                                  f"(default: parallel * ctx_per_seq, ctx_per_seq defaulting to {DEFAULT_CTX_PER_SEQ})")

@@ -49,6 +49,7 @@ def embedded_engine_factory(settings: Settings) -> Callable[[str], Engine]:
             kv_type=settings.kv_type,
             threads=settings.threads,
             queue_size=settings.queue_size,
+            tool_call_threshold=settings.tool_call_threshold,
             max_queue_wait=settings.max_queue_wait,
         )
 

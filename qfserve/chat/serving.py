@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,20 +19,39 @@ from typing import Any, AsyncIterator
 from qfserve import metrics
 from qfserve.chat.logprob_gate import LogprobGate
 from qfserve.engine.base import (
+    Constraint,
     Engine,
     EngineOverloaded,
     EnginePromptTooLong,
     EngineUnavailable,
     FinishEvent,
+    FunctionCallOut,
+    FunctionDef,
     GenerateRequest,
     SamplingParams,
     TokenEvent,
+    Tools,
 )
 from qfserve.limits.base import AppQuota, Limiter, Reservation, limit_key
 from qfserve.memory import prompt as memory_prompt
 from qfserve.protocol.chat import ChatRequest
-from qfserve.protocol.errors import Code, QianfanError
-from qfserve.protocol.events import SAFE, ChatEnd, ChatEvent, TextDelta, TokenLogprob, Usage, Verdict
+from qfserve.protocol.errors import Code, QianfanError, out_of_range
+from qfserve.protocol.events import (
+    SAFE,
+    ChatEnd,
+    ChatEvent,
+    FunctionCall,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+    Verdict,
+)
+from qfserve.protocol.functions import (
+    MSG_FUNCTION_UNSUPPORTED,
+    MSG_FUNCTIONS_NOT_SERVED,
+    MSG_RESPONSE_FORMAT_UNSUPPORTED,
+)
+from qfserve.protocol.ids import call_id
 from qfserve.services.adapters import trained_with_default_system
 from qfserve.services.engines import EngineRegistry
 from qfserve.services.profiles import get_profile
@@ -65,6 +85,7 @@ class PreparedChat:
     reservation: Reservation
     adapter: str | None = None
     input_verdict: Verdict = SAFE
+    tools: Tools | None = None  # functions the answer may call
     started: float = field(default_factory=time.monotonic)
     extra_tokens: int = 0  # engine tokens spent after the answer (memory extraction), charged to TPM
 
@@ -90,7 +111,30 @@ def _sampling_params(request: ChatRequest, service: Service, max_tokens: int) ->
         seed=request.seed,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs or 0,
+        constraint=_response_constraint(request),
     )
+
+
+def _tools(request: ChatRequest) -> Tools | None:
+    """The functions offered, in engine terms; None when there are none or tool_choice is `none`."""
+    choice = request.tool_choice
+    if not request.functions or (choice is not None and choice.mode == "none"):
+        return None
+    functions = tuple(
+        FunctionDef(f.name, f.description, json.dumps(f.parameters, ensure_ascii=False),
+                    tuple(list(exchange) for exchange in f.examples))
+        for f in request.functions
+    )
+    return Tools(functions, choice.mode if choice else "auto", choice.name if choice else None)
+
+
+def _response_constraint(request: ChatRequest) -> Constraint | None:
+    """v2 `response_format`: JSON output under the same grammar machinery as a call's arguments."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = fmt.json_schema if fmt.type == "json_schema" and fmt.json_schema else {"type": "object"}
+    return Constraint(json.dumps(schema, ensure_ascii=False))
 
 
 def _service_setting(service: Service, name: str, default):
@@ -155,10 +199,18 @@ class ChatServing:
             raise QianfanError(Code.SERVICE_UNAVAILABLE) from None
 
         adapter = await self._adapter_path(service)
+        tools = _tools(request)
+        self._check_structured(engine, tools, request)
         system = await self._system_prompt(app, service, request)
-        messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content} for m in request.messages]
         try:  # a remote engine counts on its replica, and may refuse there
-            prompt_ids = await engine.chat_tokens(messages, system)
+            if getattr(engine, "renders_tools", False):
+                messages = [m.as_engine_dict() for m in request.messages]
+                prompt_ids = await (engine.chat_tokens(messages, system) if tools is None
+                                    else engine.chat_tokens(messages, system, tools))
+            else:  # an engine without function calling sees results as user turns, as before
+                messages = [{"role": "user" if m.role == "function" else m.role, "content": m.content}
+                            for m in request.messages]
+                prompt_ids = await engine.chat_tokens(messages, system)
         except EnginePromptTooLong:
             raise QianfanError(Code.PROMPT_TOKENS_TOO_LONG) from None
         except EngineOverloaded:
@@ -174,7 +226,28 @@ class ChatServing:
         return PreparedChat(
             request_id, int(time.time()), app, service, request, engine, prompt_ids,
             _sampling_params(request, service, max_tokens), reservation, adapter=adapter, input_verdict=verdict,
+            tools=tools,
         )
+
+    @staticmethod
+    def _check_structured(engine: Engine, tools: Tools | None, request: ChatRequest) -> None:
+        """Schemas the engine cannot constrain decoding to are refused before any work."""
+        wants = tools is not None or _response_constraint(request) is not None
+        if wants and not getattr(engine, "renders_tools", False):
+            raise out_of_range(MSG_FUNCTIONS_NOT_SERVED)
+        try:
+            if tools is not None:
+                engine.check_tools(tools)
+        except ValueError as error:
+            log.info("functions refused: %s", error)
+            raise out_of_range(MSG_FUNCTION_UNSUPPORTED) from None
+        constraint = _response_constraint(request)
+        try:
+            if constraint is not None:
+                engine.check_constraint(constraint)
+        except ValueError as error:
+            log.info("response_format refused: %s", error)
+            raise out_of_range(MSG_RESPONSE_FORMAT_UNSUPPORTED) from None
 
     async def _moderate_input(self, request: ChatRequest, service: Service) -> Verdict:
         if self.moderator is None or service.safety == "off":
@@ -249,7 +322,8 @@ class ChatServing:
         # Labelled children once per request: `.labels()` per token is a locked dict lookup.
         ttft_metric, itl_metric = metrics.TTFT.labels(service), metrics.ITL.labels(service)
         events = _engine_events(prepared.engine, GenerateRequest(
-            prepared.request_id, prepared.prompt_tokens, prepared.params, adapter=prepared.adapter, service=service))
+            prepared.request_id, prepared.prompt_tokens, prepared.params, adapter=prepared.adapter, service=service,
+            tools=prepared.tools))
 
         def delta(text: str) -> TextDelta:
             logprobs = gate.release(text) if gate is not None else ()
@@ -291,6 +365,21 @@ class ChatServing:
                 log.error("engine error on %s: %s", prepared.request_id, finish.error)
                 # A dead worker is the retryable "backend down"; anything else is an internal error.
                 raise QianfanError(Code.INTERNAL if prepared.engine.ready else Code.SERVICE_UNAVAILABLE)
+            if finish is not None and finish.call is not None and finish_reason is None:
+                # The function-call branch: the answer is one call, moderated field by field.
+                completion_tokens = finish.completion_tokens
+                call, level = self._moderate_call(prepared, finish.call)
+                verdict = verdict.with_output(level)
+                usage = Usage(prompt_tokens, completion_tokens)
+                metrics.QUEUE_TIME.labels(service).observe(finish.queue_seconds)
+                finish_reason = "content_filter" if call is None else "function_call"
+                if call is not None:
+                    answer.append(f"{call.name}({call.arguments})")
+                    yield FunctionCall(call.name, call.arguments, call.thoughts, usage, verdict, call_id())
+                yield ChatEnd(finish_reason, usage, verdict)
+                metrics.REQUESTS.labels(service, finish_reason).inc()
+                completed = True
+                return
             if finish_reason is None and output_filter is not None:
                 rest, end_verdict = output_filter.finish()
                 verdict = verdict.with_output(end_verdict.level)
@@ -321,6 +410,26 @@ class ChatServing:
             # Tokens of a cancelled answer still count against TPM; so do memory extraction's.
             self._spawn(self._after_answer(prepared, "".join(answer) if completed else "", verdict,
                                            prompt_tokens + completion_tokens))
+
+    def _moderate_call(self, prepared: PreparedChat, call: FunctionCallOut) -> tuple[FunctionCallOut | None, int]:
+        """Output moderation of a call's `thoughts` and `arguments`, as for answer text: a hit at
+        level 2 or more withholds the call (None). Level 1 masks the thoughts but not the arguments,
+        which a program parses against the schema: they are reported (flag 1), not altered."""
+        if self.moderator is None or prepared.service.safety == "off":
+            return call, 0
+        level = 0
+        shown = []
+        for text in (call.thoughts, call.arguments):
+            output_filter = self.moderator.output_filter(policy=prepared.service.safety)
+            released, stop = output_filter.feed(text)
+            if stop is not None:
+                return None, stop.level
+            rest, final = output_filter.finish()
+            if final.level >= 2:
+                return None, final.level
+            level = max(level, final.level)
+            shown.append(released + rest)
+        return FunctionCallOut(call.name, call.arguments, shown[0]), level
 
     # ---- after the answer --------------------------------------------------------------------
 

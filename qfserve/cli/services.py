@@ -16,7 +16,7 @@ from qfserve.store.services import Service
 
 app = typer.Typer(help="Publish, change, show, list and delete chat services.", no_args_is_help=True)
 
-ApiPath = Annotated[str, typer.Argument(help="The API address: 2-20 of a-z 0-9 _ -.", show_default=False)]
+ApiPath = Annotated[str, typer.Argument(help="The API address: 2-64 of a-z 0-9 _ -.", show_default=False)]
 ModelHelp = "`default` (embedded SmolLM2-135M, tiny: for trying things out) or a GGUF file path."
 ProfileHelp = f"Limits profile: {', '.join(PROFILES)}."
 SafetyHelp = "Content safety policy: off, default or strict (needs lexicons on `serve`)."
@@ -65,7 +65,7 @@ def _models_dir(data_dir: Path, flag: Optional[Path]) -> Optional[Path]:
 @app.command("publish")
 def publish(
     api_path: Annotated[Optional[str], typer.Argument(
-        help="The API address: 2-20 of a-z 0-9 _ -. Optional with --for-model.", show_default=False)] = None,
+        help="The API address: 2-64 of a-z 0-9 _ - (e.g. qianfan_bloomz_7b_compressed). Optional with --for-model.", show_default=False)] = None,
     for_model: Annotated[Optional[str], typer.Option(
         "--for-model", help="Publish at the endpoint the qianfan SDK calls for this model name "
         "(ChatCompletion(model=…)), with its limits profile, e.g. ERNIE-Speed-8K → ernie_speed.")] = None,

@@ -18,6 +18,64 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding: the answer is `prefix` followed by JSON valid against `json_schema`.
+
+    `lazy` (tool_choice `auto`): the model decides at its first token whether the answer is a call:
+    it is when that token starts `prefix`, or when the probability of starting it reaches
+    `threshold`; otherwise the answer is free text and nothing is constrained.
+    Engines on llama.cpp turn the schema into a GBNF grammar and cache it in `grammar`.
+    """
+
+    json_schema: str  # JSON text
+    prefix: str = ""
+    lazy: bool = False
+    threshold: float = 1.0  # only with `lazy`: 1.0 leaves the decision to sampling alone
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionDef:
+    """A function the model may call: `parameters` is a JSON schema (as JSON text)."""
+
+    name: str
+    description: str
+    parameters: str
+    examples: tuple = ()  # example exchanges (lists of message dicts), shown to the model as-is
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The functions offered with a request, and whether one must be called.
+
+    `mode`: "auto" (the model decides), "required" (some call), or "function" (a call of `name`).
+    Each engine renders them its own way (the embedded one: qfserve/engine/tool_prompt.py)."""
+
+    functions: tuple[FunctionDef, ...]
+    mode: str = "auto"
+    name: str | None = None
+
+    @property
+    def forced(self) -> bool:
+        return self.mode != "auto"
+
+    def offered(self) -> tuple[FunctionDef, ...]:
+        """The functions the answer may call: the named one, or all."""
+        if self.mode == "function":
+            return tuple(f for f in self.functions if f.name == self.name)
+        return self.functions
+
+
+@dataclass(frozen=True)
+class FunctionCallOut:
+    """A function call the model answered with; `arguments` is JSON text valid against the schema."""
+
+    name: str
+    arguments: str
+    thoughts: str = ""
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Every generation knob of the seed, in engine terms (one type, as vLLM has)."""
 
@@ -35,6 +93,7 @@ class SamplingParams:
     seed: int | None = None  # same seed, same request: same answer (even beside other sequences)
     logprobs: bool = False
     top_logprobs: int = 0
+    constraint: Constraint | None = None  # structured output (response_format); calls come from `tools`
 
 
 @dataclass(frozen=True)
@@ -45,6 +104,7 @@ class GenerateRequest:
     adapter: str | None = None  # what the engine's `adapter_ref` returned; None is the base model
     service: str = ""  # for metrics labels only
     priority: int = 0  # 0 live requests; higher numbers (background work) wait until none is waiting
+    tools: Tools | None = None  # functions the answer may call (the engine constrains the call)
 
 
 @dataclass(frozen=True)
@@ -73,6 +133,7 @@ class FinishEvent:
     error: str | None = None
     matched_stop: str | None = None  # the stop string that ended generation (reason "stop"); None at end-of-generation
     queue_seconds: float = 0.0  # time the request waited for a free sequence
+    call: FunctionCallOut | None = None  # the answer is this call (its tokens carried no text)
 
 
 EngineEvent = TokenEvent | FinishEvent
@@ -80,6 +141,10 @@ EngineEvent = TokenEvent | FinishEvent
 
 class Engine(abc.ABC):
     """A loaded base model that generates for many sequences at once."""
+
+    # Whether chat_tokens/generate take `tools` and `SamplingParams.constraint` (function calling,
+    # structured output). Serving refuses those requests (336003) for an engine that does not.
+    renders_tools: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -100,10 +165,22 @@ class Engine(abc.ABC):
     # -- what the engine answers about itself --------------------------------------------------
 
     @abc.abstractmethod
-    async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+    async def chat_tokens(self, messages: list[dict], system: str | None, tools: Tools | None = None) -> list[int]:
         """The conversation as the model runs it: its chat template applied once, ending where the
         answer starts, tokenized. `system=None` leaves the system turn to the template.
-        Caller text is never parsed as control tokens."""
+        Caller text is never parsed as control tokens.
+
+        A message is `{"role", "content"}`; an assistant turn that called functions also has
+        `tool_calls: [{"name", "arguments", "thoughts", "id"?}]`, and a function's result is
+        `{"role": "function", "name", "content", "tool_call_id"?}` (ids where the surface has them: v2). `tools` are the functions offered now, rendered
+        the engine's way (engines without function calling may leave the parameter out)."""
+
+    def check_tools(self, tools: Tools) -> None:
+        """Raise ValueError (the reason, for the caller) when these functions cannot be served,
+        e.g. a schema the engine cannot constrain decoding to."""
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise ValueError when the engine cannot constrain decoding to this structured output."""
 
     @property
     @abc.abstractmethod

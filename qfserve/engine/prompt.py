@@ -26,7 +26,8 @@ from datetime import datetime
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from qfserve.engine.base import ModelInfo
+from qfserve.engine import tool_prompt
+from qfserve.engine.base import ModelInfo, Tools
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class ChatPrompt:
         self.chat_template = metadata.get("tokenizer.chat_template", "")
         if not self.chat_template:
             raise ValueError(f"{model_path} has no tokenizer.chat_template in its metadata")
-        vocab = self._model.vocab
+        vocab = self.vocab = self._model.vocab
         self.bos_id = llama_cpp.llama_vocab_bos(vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(vocab)
         self.bos_token = self._token_text(self.bos_id)
@@ -144,13 +145,18 @@ class ChatPrompt:
             eos_token=self.eos_token,
         )
 
-    def render(self, messages: list[dict[str, str]], system: str | None = None) -> RenderedPrompt:
+    def render(self, messages: list[dict], system: str | None = None, tools: Tools | None = None) -> RenderedPrompt:
         """The prompt text, ending where the assistant's answer starts, with the caller's spans marked.
 
         `messages` and `system` are caller text; roles are the server's (validated upstream).
         `system=None` leaves the system turn to the template (SmolLM2's adds its default persona).
+        Calls, function results and offered `tools` are written in tool_prompt's documented format
+        (plain text: the call marker is no special token).
         """
-        turns = list(messages)
+        turns = tool_prompt.render_messages(messages)
+        if tools is not None:
+            system = tool_prompt.system_prompt(system, tools)
+            turns = tool_prompt.example_turns(tools) + turns
         if system is not None:
             turns = [{"role": "system", "content": system}, *turns]
         # A fresh random nonce: caller text can't contain (or forge) this render's sentinels.
@@ -189,9 +195,9 @@ class ChatPrompt:
             ids += self._llama.tokenize(piece.encode("utf-8"), add_bos=False, special=not from_caller)
         return ids
 
-    def chat_tokens(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
+    def chat_tokens(self, messages: list[dict], system: str | None = None, tools: Tools | None = None) -> list[int]:
         """The model input for a chat: `render` then `tokenize`, caller text as plain text."""
-        return self.tokenize(self.render(messages, system))
+        return self.tokenize(self.render(messages, system, tools))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))

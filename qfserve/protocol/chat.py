@@ -19,6 +19,16 @@ from qfserve.protocol.errors import (
     QianfanError,
     out_of_range,
 )
+from qfserve.protocol.functions import (
+    Function,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    parse_function_call,
+    parse_function_message_name,
+    parse_functions,
+    parse_tool_choice,
+)
 
 MAX_STOP_ITEMS = 4
 MAX_STOP_CHARS = 20
@@ -30,7 +40,22 @@ MAX_USER_ID_CHARS = 128
 class Message(NamedTuple):
     # A plain tuple, not a model: a body may hold a hundred thousand of them, validated by hand below.
     role: str
-    content: str
+    content: str  # "" on an assistant turn that only called functions
+    name: str | None = None  # the function a `function` message answers
+    tool_calls: tuple[ToolCall, ...] = ()  # calls an assistant turn made (v1: one function_call)
+    tool_call_id: str | None = None  # v2 `tool` messages
+
+    def as_engine_dict(self) -> dict:
+        """The turn as Engine.chat_tokens takes it."""
+        turn: dict = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            turn["name"] = self.name
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments, "thoughts": c.thoughts,
+                                   **({"id": c.id} if c.id else {})} for c in self.tool_calls]
+        return turn
 
 
 class ChatRequest(BaseModel):
@@ -61,14 +86,19 @@ class ChatRequest(BaseModel):
     # Extension (not in the seed; as vLLM, llama-server and the v2 surface's OpenAI `seed`): an
     # integer that makes sampling reproducible on the embedded engine. Absent: a fresh random draw.
     seed: int | None = None
+    functions: tuple[Function, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: auto
+    response_format: ResponseFormat | None = None  # v2 only
 
     def input_chars(self) -> int:
-        """Characters counted against the profile's limit: system, user_setting and every message content.
+        """Characters counted against the profile's limit: system, user_setting and every message content
+        (and the arguments of the calls earlier turns made).
 
         `user_setting` counts because it is caller text that is moderated and may reach the prompt;
         left out, it was an unbounded field (only the body size capped it).
         """
-        return len(self.system or "") + len(self.user_setting or "") + sum(len(m.content) for m in self.messages)
+        calls = sum(len(c.arguments) for m in self.messages for c in m.tool_calls)
+        return len(self.system or "") + len(self.user_setting or "") + sum(len(m.content) for m in self.messages) + calls
 
 
 class DeferredChatError:
@@ -142,6 +172,8 @@ def _closed(name: str, value: float | None, low: float, high: float, shown: str)
 
 
 def _parse_messages(raw: Any) -> tuple[Message, ...]:
+    if isinstance(raw, tuple) and all(isinstance(m, Message) for m in raw):
+        return raw  # turns another surface parsed already (v2: tool calls and their results)
     if raw is None:
         raise QianfanError(Code.INVALID_ARGUMENT)
     if not isinstance(raw, list):
@@ -155,13 +187,19 @@ def _parse_messages(raw: Any) -> tuple[Message, ...]:
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str):
             raise _invalid_type(f"messages[{index}].role")
+        # An assistant turn that called a function may have empty content (LangChain sends null).
+        calls = ()
+        if role == "assistant" and item.get("function_call") is not None:
+            calls = (parse_function_call(item["function_call"]),)
+            content = "" if content is None else content
         if content is None:  # a required field missing: the table's code for that, as for `messages`
             raise QianfanError(Code.INVALID_ARGUMENT)
         if not isinstance(content, str):
             raise _invalid_type(f"messages[{index}].content")
-        if not content:
+        if not content and not calls:
             raise out_of_range("message content can not be empty")
-        messages.append(Message(role, content))
+        name = parse_function_message_name(item.get("name")) if role == "function" else None
+        messages.append(Message(role, content, name, calls))
     if len(messages) % 2 == 0:
         raise QianfanError(Code.MESSAGES_STRUCTURE, MSG_ODD_LENGTH)
     for index, message in enumerate(messages):
@@ -238,6 +276,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         if any(len(s) > MAX_STOP_CHARS for s in stop):
             raise out_of_range(f"the length of each stop element can not exceed {MAX_STOP_CHARS} characters")
         fields["stop"] = tuple(s for s in stop if s)
+
+    fields["functions"] = parse_functions(body.get("functions"))
+    fields["tool_choice"] = parse_tool_choice(body.get("tool_choice"), fields["functions"])
 
     # Every field was checked above, with the wire's own errors: build without validating again.
     request = ChatRequest.model_construct(**fields)

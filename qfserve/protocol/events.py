@@ -1,6 +1,7 @@
 """What serving yields, before any surface shapes it: the neutral answer events.
 
-One request path, several surfaces (design.md): serving produces `TextDelta`s and one `ChatEnd`;
+One request path, several surfaces (design.md): serving produces `TextDelta`s (or one
+`FunctionCall`) and one `ChatEnd`;
 a surface's renderer (v1 sentence chunks, v2 OpenAI deltas) turns them into its wire. Everything
 here has already passed output moderation: a renderer may show any of it.
 """
@@ -86,9 +87,25 @@ class TextDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
+@dataclass(frozen=True)
+class FunctionCall:
+    """The answer is a call of `name`: `arguments` is JSON text valid against the function's schema
+    (the embedded engine decodes it under a grammar), `thoughts` any reasoning the model gave.
+    Both passed output moderation. At most one per answer on v1; `id` is for surfaces that name
+    calls (v2's `tool_calls`)."""
+
+    name: str
+    arguments: str
+    thoughts: str
+    usage: Usage
+    verdict: Verdict = SAFE
+    id: str = ""
+
+
 # Why an answer ended, in the v1 wire's words: `normal` (the model finished), `stop` (a stop string),
-# `length` (max_output_tokens or the context), `content_filter` (moderation).
-FINISH_REASONS = ("normal", "stop", "length", "content_filter")
+# `length` (max_output_tokens or the context), `content_filter` (moderation), `function_call` (the
+# answer is a FunctionCall).
+FINISH_REASONS = ("normal", "stop", "length", "content_filter", "function_call")
 
 
 @dataclass(frozen=True)
@@ -99,4 +116,4 @@ class ChatEnd:
     truncated: bool = False
 
 
-ChatEvent = TextDelta | ChatEnd
+ChatEvent = TextDelta | FunctionCall | ChatEnd

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import orjson
 from pydantic import BaseModel
 
-from qfserve.protocol.events import ChatEnd, ChatEvent, TextDelta, TokenLogprob, Usage, Verdict
+from qfserve.protocol.events import ChatEnd, ChatEvent, FunctionCall, TextDelta, TokenLogprob, Usage, Verdict
 from qfserve.protocol.sentences import SentenceSplitter
 
 
@@ -32,6 +32,18 @@ class V1Logprobs(BaseModel):
     content: list[dict]
 
 
+class V1FunctionCall(BaseModel):
+    """ERNIE's `function_call`: `arguments` is JSON text."""
+
+    name: str
+    arguments: str
+    thoughts: str
+
+    @classmethod
+    def of(cls, call: FunctionCall | None) -> "V1FunctionCall | None":
+        return None if call is None else cls(name=call.name, arguments=call.arguments, thoughts=call.thoughts)
+
+
 class V1Chunk(BaseModel):
     """One `data: {…}` event of a v1 stream."""
 
@@ -45,6 +57,7 @@ class V1Chunk(BaseModel):
     need_clear_history: bool
     flag: int | None = None
     ban_round: int | None = None
+    function_call: V1FunctionCall | None = None
     finish_reason: str | None = None
     logprobs: V1Logprobs | None = None
     usage: V1Usage
@@ -61,6 +74,7 @@ class V1Completion(BaseModel):
     need_clear_history: bool
     flag: int | None = None
     ban_round: int | None = None
+    function_call: V1FunctionCall | None = None
     finish_reason: str
     logprobs: V1Logprobs | None = None
     usage: V1Usage
@@ -88,7 +102,8 @@ async def render_stream(request_id: str, events: AsyncIterator[ChatEvent], *,
     """Clause-sized chunks with running usage, then one `is_end` chunk with the totals.
 
     Logprobs ride with the chunk that carries their text: the splitter holds text back, so each
-    entry waits until the chunks sent cover the delta it came with."""
+    entry waits until the chunks sent cover the delta it came with. A function call arrives whole
+    in the `is_end` chunk, with an empty `result`."""
     splitter = SentenceSplitter()
     sentence_id = 0
     received = 0  # characters of delta text so far
@@ -101,13 +116,16 @@ async def render_stream(request_id: str, events: AsyncIterator[ChatEvent], *,
         pending = [(end, entry) for end, entry in pending if end > upto]
         return ready
 
+    call: FunctionCall | None = None
+
     def chunk(text: str, usage: Usage, verdict: Verdict, *, end: ChatEnd | None = None) -> V1Chunk:
         nonlocal sentence_id, sent
         sent += len(text)
         made = V1Chunk(
             id=request_id, created=int(time.time()), sentence_id=sentence_id, is_end=end is not None,
             is_truncated=end.truncated if end is not None else False, result=text,
-            **_verdict_fields(verdict), finish_reason=end.finish_reason if end is not None else None,
+            **_verdict_fields(verdict), function_call=V1FunctionCall.of(call if end is not None else None),
+            finish_reason=end.finish_reason if end is not None else None,
             logprobs=_logprobs(take(sent) if end is None else take(received), logprobs),
             usage=V1Usage.of(usage),
         )
@@ -120,6 +138,8 @@ async def render_stream(request_id: str, events: AsyncIterator[ChatEvent], *,
             pending.extend((received, entry) for entry in event.logprobs)
             for part in splitter.feed(event.text):
                 yield chunk(part, event.usage, event.verdict)
+        elif isinstance(event, FunctionCall):
+            call = event
         else:
             rest = splitter.flush()
             if rest:
@@ -134,16 +154,20 @@ async def render_completion(request_id: str, created: int, events: AsyncIterator
     parts: list[str] = []
     entries: list[TokenLogprob] = []
     end: ChatEnd | None = None
+    call: FunctionCall | None = None
     async for event in events:
         if isinstance(event, TextDelta):
             parts.append(event.text)
             entries.extend(event.logprobs)
+        elif isinstance(event, FunctionCall):
+            call = event
         else:
             end = event
     assert end is not None, "serving ends every answer with a ChatEnd"
     hidden = end.verdict.flag >= 3
     return V1Completion(
         id=request_id, created=created, result="" if hidden else "".join(parts),
-        is_truncated=end.truncated, **_verdict_fields(end.verdict), finish_reason=end.finish_reason,
+        is_truncated=end.truncated, **_verdict_fields(end.verdict), function_call=V1FunctionCall.of(call),
+        finish_reason=end.finish_reason,
         logprobs=_logprobs(entries, logprobs and not hidden), usage=V1Usage.of(end.usage),
     )

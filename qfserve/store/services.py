@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass
 
 from qfserve.store.db import Store
 
-API_PATH_RULE = re.compile(r"^[a-z0-9_-]{2,20}$")
-# Qianfan's own preset endpoints (what the SDK calls for a model name) are not held to the
-# 2-20 rule of custom addresses: `ernie-char-fiction-8k` has 21 characters.
-PRESET_PATH_RULE = re.compile(r"^[a-z0-9_-]{2,32}$")
+# Up to 64 characters: Qianfan's own endpoint names (`qianfan_bloomz_7b_compressed`, 28) exceed the
+# 20 of its documented examples. Preset endpoints (what the SDK calls for a model name) fit too.
+API_PATH_RULE = re.compile(r"^[a-z0-9_-]{2,64}$")
+PRESET_PATH_RULE = API_PATH_RULE
 DEFAULT_RPM = 300
 DEFAULT_TPM = 300000
 SAFETY_POLICIES = ("off", "default", "strict")
@@ -50,7 +50,7 @@ class ServiceNotFound(LookupError):
 def check_api_path(api_path: str, *, preset: bool = False) -> str:
     if not (PRESET_PATH_RULE if preset else API_PATH_RULE).match(api_path):
         raise ValueError(
-            f"invalid api_path {api_path!r}: use 2 to 20 characters of lowercase letters, digits, '_' or '-'"
+            f"invalid api_path {api_path!r}: use 2 to 64 characters of lowercase letters, digits, '_' or '-'"
         )
     return api_path
 

@@ -83,14 +83,14 @@ def test_show_unknown_service(tmp_path):
 def test_for_model_publishes_at_the_sdk_endpoint_with_its_profile(tmp_path):
     speed = cli_json(tmp_path, "service", "publish", "--for-model", "ERNIE-Speed-8K")
     assert (speed["api_path"], speed["profile"]) == ("ernie_speed", "ERNIE-Speed-8K")
-    # Qianfan's preset endpoints are not held to the 20-character rule of chosen addresses.
+    # Qianfan's preset endpoints fit the 64-character rule of chosen addresses too.
     fiction = cli_json(tmp_path, "service", "publish", "--for-model", "ERNIE-Character-Fiction-8K")
     assert (fiction["api_path"], fiction["profile"]) == ("ernie-char-fiction-8k", "ERNIE-Character-Fiction-8K")
     assert "ernie-lite-8k" in error_of(qf(tmp_path, "service", "publish", "other", "--for-model", "ERNIE-Lite-8K"))
     no_endpoint = error_of(qf(tmp_path, "service", "publish", "--for-model", "ERNIE-Lite-128K"))
     assert "no endpoint for ERNIE-Lite-128K" in no_endpoint
     assert "unknown profile" in error_of(qf(tmp_path, "service", "publish", "--for-model", "GPT-4"))
-    assert "api_path" in error_of(qf(tmp_path, "service", "publish", "a" * 21))
+    assert "api_path" in error_of(qf(tmp_path, "service", "publish", "a" * 65))
 
 
 def test_for_model_table_is_the_installed_sdks():

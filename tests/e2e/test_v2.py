@@ -138,8 +138,8 @@ def test_openai_errors_are_its_own_exception_types(v2):
     assert two.value.code == "invalid_argument" and "`n`" in two.value.message
     with pytest.raises(openai.BadRequestError) as tools:
         client(v2).chat.completions.create(model="v2svc", messages=HI, max_tokens=2, tools=[
-            {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}])
-    assert tools.value.body["message"].startswith("`tools` is not supported")
+            {"type": "function", "function": {"name": "f f", "parameters": {"type": "object", "properties": {}}}}])
+    assert tools.value.body["message"].startswith("`tools[0].function.name` must be")
 
 
 def test_openai_rate_limit_errors_say_when_to_retry(v2):
@@ -401,7 +401,7 @@ ERROR_CASES = [
      "invalid_argument", "invalid_request_error", ["`functions`"]),
     ("json-schema", dict(body={"model": "v2svc", "messages": HI,
                                "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
-     400, "invalid_argument", "invalid_request_error", ["`response_format`"]),
+     400, "invalid_argument", "invalid_request_error", ["`response_format.json_schema.schema` is required"]),
     ("web-search", dict(body={"model": "v2svc", "messages": HI, "web_search": {"enable": True}}), 400,
      "invalid_argument", "invalid_request_error", ["`web_search`"]),
     ("image", dict(body={"model": "v2svc", "messages": [{"role": "user", "content": [

@@ -107,15 +107,12 @@ def test_refusals_name_what_is_wrong(body, status, code, words):
 
 
 @pytest.mark.parametrize("body,field", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "`tools`"),
     ({"functions": [{"name": "f"}]}, "`functions`"),
-    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "`response_format`"),
-    ({"response_format": {"type": "json_object"}}, "`response_format`"),
     ({"web_search": {"enable": True}}, "`web_search`"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"},
                                                 {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
      "`messages[0].content[1]`"),
-    ({"messages": [*HI, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "x"}]},
+    ({"messages": [*HI, {"role": "assistant", "content": "a"}, {"role": "function", "name": "f", "content": "x"}]},
      "`messages[2].role`"),
 ])
 def test_unbuilt_features_are_refused_by_name(body, field):

@@ -7,6 +7,7 @@ mapping is checked on the wire; vLLM has no such page, so there only its effects
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -139,6 +140,39 @@ def test_qianfan_sdk_sync_and_stream(remote):
     assert parts and parts[-1]["is_end"] is True and "".join(p["result"] for p in parts)
     assert [p["sentence_id"] for p in parts] == list(range(len(parts)))
     assert all(p["id"] == parts[0]["id"] for p in parts)
+
+
+WEATHER = {"name": "get_weather", "description": "Get the current weather for a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                          "required": ["city"]}}
+
+
+def test_a_forced_call_on_the_replica_is_a_function_call(remote):
+    """The real server's own tool machinery (vLLM's structured outputs; llama-cpp-python's grammar
+    for a named tool_choice) makes the call; it comes back as v1's function_call."""
+    import jsonschema
+
+    answer = remote.post("rsvc", {"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                                  "functions": [WEATHER], "max_output_tokens": 60,
+                                  "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}).json()
+    assert answer.get("finish_reason") == "function_call", answer
+    assert answer["function_call"]["name"] == "get_weather" and answer["result"] == ""
+    jsonschema.validate(json.loads(answer["function_call"]["arguments"]), WEATHER["parameters"])
+    assert answer["usage"]["completion_tokens"] > 0
+
+
+def test_response_format_on_the_replica_is_valid_json(remote):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "rainy": {"type": "boolean"}}, "required": ["city", "rainy"]}
+    answer = requests.post(f"{remote.gateway.base_url}/v2/chat/completions", timeout=300,
+                           headers={"Authorization": f"Bearer {remote.gateway.creds['v2_api_key']}"},
+                           json={"model": "rsvc", "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                                 "max_tokens": 60, "response_format": {"type": "json_schema", "json_schema": {
+                                     "name": "weather", "schema": schema, "strict": True}}}).json()
+    assert answer["choices"][0]["finish_reason"] == "stop", answer
+    jsonschema.validate(json.loads(answer["choices"][0]["message"]["content"]), schema)
 
 
 def test_persona_adapter_answers_through_the_chat_api(remote):

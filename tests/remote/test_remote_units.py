@@ -133,3 +133,34 @@ def test_failure_ejects_and_cooldown_doubles():
     assert a.ejected_until == 104.0
     pool.failed(b, "garbage", "x")
     assert pool.pick() is None  # no replica: the engine answers 2 at once
+
+
+def test_chat_stream_gathers_a_call_whether_its_name_comes_once_or_in_every_delta():
+    from qfserve.engine.base import FunctionDef, Tools
+    from qfserve.engine.openai_compat.tools import ChatStreamReader
+
+    tools = Tools((FunctionDef("f", "d", '{"type": "object", "properties": {"a": {"type": "integer"}}}'),), "function", "f")
+    request = GenerateRequest("as-test", [1, 2, 3], SamplingParams(), tools=tools)
+    for repeated in (False, True):  # vLLM names the call once; llama-cpp-python in every delta
+        reader = ChatStreamReader(request)
+        for piece in ('{"a"', ': 1}'):
+            function = {"arguments": piece, **({"name": "f"} if repeated or piece == '{"a"' else {})}
+            reader.chunk({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": function}]},
+                                       "finish_reason": None}]})
+        reader.chunk({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
+        finish = reader.finish()
+        assert finish.reason == "stop" and finish.call.name == "f" and finish.call.arguments == '{"a": 1}'
+        assert finish.completion_tokens == 2  # no usage from the server: one per piece
+
+
+def test_v1_turns_get_call_ids_and_results_answer_them_by_name():
+    from qfserve.engine.openai_compat.tools import openai_turns
+
+    turns = openai_turns([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "{}", "thoughts": ""}]},
+        {"role": "function", "name": "f", "content": "r"},
+    ], "sys")
+    assert turns[0] == {"role": "system", "content": "sys"}
+    call_id = turns[2]["tool_calls"][0]["id"]
+    assert turns[3] == {"role": "tool", "tool_call_id": call_id, "content": "r"}

@@ -211,10 +211,15 @@ def test_services(store):
         services.delete_service(store, "svc_1")
 
 
-@pytest.mark.parametrize("bad", ["A", "x", "a" * 21, "Upper", "sp ace", "dot.ted", "中文"])
+@pytest.mark.parametrize("bad", ["A", "x", "a" * 65, "Upper", "sp ace", "dot.ted", "中文"])
 def test_api_path_rule(bad):
     with pytest.raises(ValueError, match="invalid api_path"):
         services.check_api_path(bad)
+
+
+@pytest.mark.parametrize("good", ["ab", "qianfan_bloomz_7b_compressed", "a" * 64])
+def test_api_path_rule_allows_qianfan_endpoint_names(good):
+    assert services.check_api_path(good) == good
 
 
 def test_changes_from_another_connection_are_seen(tmp_path):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from qfserve.engine.base import (
+    Constraint,
     Engine,
     EngineEvent,
     EngineOverloaded,
@@ -25,10 +26,12 @@ from qfserve.engine.base import (
     FinishEvent,
     GenerateRequest,
     TokenEvent,
+    Tools,
     TopLogprob,
 )
-from qfserve.engine.llamacpp import protocol
+from qfserve.engine.llamacpp import calls, protocol
 from qfserve.engine.llamacpp.admission import Flight, WaitPredictor
+from qfserve.engine.llamacpp.grammar import check_grammar
 from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, WorkerConfig, physical_cores
 
 
@@ -97,6 +100,8 @@ class LlamaCppEngine(Engine):
     waits that long is refused then. `threads` defaults to the physical cores: more ggml threads
     than cores only contend."""
 
+    renders_tools = True  # tool_prompt's format, calls and structured output under a grammar
+
     def __init__(
         self,
         model_path: str,
@@ -110,6 +115,7 @@ class LlamaCppEngine(Engine):
         queue_size: int = 64,
         max_queue_wait: float = 30.0,
         show_progress: bool | None = None,
+        tool_call_threshold: float = calls.DEFAULT_CALL_THRESHOLD,
     ) -> None:
         self.config = WorkerConfig(
             model_path=model_path,
@@ -125,6 +131,7 @@ class LlamaCppEngine(Engine):
         self.predictor = WaitPredictor(parallel)
         self.rejected = 0  # refused at once for the predicted wait or a full queue
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.tool_call_threshold = tool_call_threshold
         self.prompt = None  # the model's chat template and vocabulary (ChatPrompt), loaded by start()
         self.load_progress = 0.0
         self.worker_info: dict = {}  # n_ctx_seq, n_ctx_train, kv_cells, ...: sent by the worker when ready
@@ -198,9 +205,15 @@ class LlamaCppEngine(Engine):
 
     # -- what the engine answers about itself --------------------------------------------------
 
-    async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+    async def chat_tokens(self, messages: list[dict], system: str | None, tools: Tools | None = None) -> list[int]:
         # Tokenizing is CPU work in a ctypes call that releases the GIL: keep it off the event loop.
-        return await asyncio.to_thread(self.prompt.chat_tokens, messages, system)
+        return await asyncio.to_thread(self.prompt.chat_tokens, messages, system, tools)
+
+    def check_tools(self, tools: Tools) -> None:
+        calls.check(tools, self.prompt.vocab, self.tool_call_threshold)
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        check_grammar(self.prompt.vocab, calls.output_constraint(constraint).grammar)
 
     @property
     def context_length(self) -> int:
@@ -231,6 +244,7 @@ class LlamaCppEngine(Engine):
         the stream of its events. Closing the stream before its FinishEvent cancels the request."""
         if not self._ready:
             raise EngineUnavailable("the engine is not loaded")
+        request = calls.constrained(request, self.tool_call_threshold)
         route = _Route(len(request.prompt_tokens), request.params.max_tokens, request.priority,
                        loop=asyncio.get_running_loop(), queue=asyncio.Queue())
         with self._lock:
@@ -250,7 +264,8 @@ class LlamaCppEngine(Engine):
             with self._lock:
                 self._routes.pop(request.request_id, None)
             raise EngineUnavailable("the engine worker is gone") from error
-        return _EventStream(self, request.request_id, route)
+        events = _EventStream(self, request.request_id, route)
+        return calls.CallStream(events, request.tools) if request.tools is not None else events
 
     def _cancel(self, request_id: str) -> None:
         # The route stays until the worker's "cancelled" finish arrives: until then the request

@@ -36,6 +36,7 @@ from qfserve.engine.llamacpp import protocol
 from qfserve.engine.llamacpp.kvpool import KVPool, Slot, common_prefix_length
 from qfserve.engine.llamacpp.native import NativeModel
 from qfserve.engine.llamacpp.protocol import WorkerConfig
+from qfserve.engine.llamacpp.constrained import make_sampler
 from qfserve.engine.llamacpp.sampling import SequenceSampler, token_logprobs
 from qfserve.engine.llamacpp.speed import StepTimer
 from qfserve.engine.llamacpp.text import StreamingText
@@ -379,10 +380,11 @@ class EngineWorker:
         self.prompt_tokens_reused += kept
         self.started.append(request.request_id)
 
+        sampler = make_sampler(request.params, self.native)  # constrained when the params say so
         self.running[request.request_id] = Sequence(
             request=request,
             slot=slot,
-            sampler=SequenceSampler(request.params, self.native.n_vocab, self.native.eog_ids),
+            sampler=sampler,
             text=StreamingText(request.params.stop),
             pending=prompt[kept:],
             queue_seconds=time.monotonic() - self.enqueued_at.pop(request.request_id, time.monotonic()),

@@ -24,6 +24,7 @@ from qfserve.engine.base import (
     FinishEvent,
     GenerateRequest,
     TokenEvent,
+    Tools,
     TopLogprob,
 )
 from qfserve.engine.openai_compat.adapters import AdapterRefused, RemoteAdapter, ensure_adapter
@@ -35,6 +36,7 @@ from qfserve.engine.openai_compat.dialect import (
     is_context_error,
 )
 from qfserve.engine.openai_compat.replicas import Replica, ReplicaFailure, ReplicaPool
+from qfserve.engine.openai_compat.tools import ChatStreamReader, chat_body, needs_chat, openai_tools, openai_turns
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ _COUNTED = 512  # conversations whose token ids are kept (long prompts: tens of 
 
 
 class RemoteEngine(Engine):
+    renders_tools = True  # passed through to the replica's chat endpoint (tools.py)
+
     def __init__(self, pool: ReplicaPool, model: str, *, adapter: RemoteAdapter | None = None,
                  template: ChatTemplate | None = None, context_length: int | None = None):
         self.pool = pool
@@ -55,6 +59,7 @@ class RemoteEngine(Engine):
         self._adapter_epochs: dict[str, int] = {}  # replica url -> epoch the adapter was ensured in
         self._prompt_texts: OrderedDict[tuple[int, ...], str] = OrderedDict()
         self._counted: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self._chat_turns: OrderedDict[tuple[int, ...], list[dict]] = OrderedDict()  # counted ids -> OpenAI turns
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -82,28 +87,40 @@ class RemoteEngine(Engine):
 
     # ---- counting ----------------------------------------------------------------------------
 
-    async def chat_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
+    async def chat_tokens(self, messages: list[dict], system: str | None, tools: Tools | None = None) -> list[int]:
         # A conversation always tokenizes the same on one model: repeated ones skip the round trip
         # (the cache goes with this engine, which a changed pool replaces).
-        key = orjson.dumps([system, messages])
+        turns = openai_turns(messages, system)
+        offered = openai_tools(tools) if tools is not None else None
+        key = orjson.dumps([turns, offered])
         cached = self._counted.get(key)
         if cached is not None:
             self._counted.move_to_end(key)
+            self._keep_turns(cached, turns)
             return list(cached)
         dialect = await self.pool.dialect()
         if dialect == LLAMA_CPP:
-            ids = await self._text_tokens(messages, system)
+            ids = await self._text_tokens(turns[1:] if system is not None else turns, system)
         else:
-            turns = ([{"role": "system", "content": system}] if system is not None else []) + list(messages)
-            payload = await self._call("/tokenize", {"model": self.model, "messages": turns,
-                                                     "add_generation_prompt": True})
+            body: dict = {"model": self.model, "messages": turns, "add_generation_prompt": True}
+            if offered is not None:
+                body["tools"] = offered  # the template renders them, as chat completions will
+            payload = await self._call("/tokenize", body)
             if payload.get("max_model_len"):
                 self._reported_context = int(payload["max_model_len"])
             ids = _token_list(payload, "tokens", self.pool.name)
         self._counted[key] = tuple(ids)
         while len(self._counted) > _COUNTED:
             self._counted.popitem(last=False)
+        self._keep_turns(tuple(ids), turns)
         return ids
+
+    def _keep_turns(self, ids: tuple[int, ...], turns: list[dict]) -> None:
+        """The turns behind counted ids, for requests that go through the chat endpoint."""
+        self._chat_turns[ids] = turns
+        self._chat_turns.move_to_end(ids)
+        while len(self._chat_turns) > _COUNTED:
+            self._chat_turns.popitem(last=False)
 
     async def _text_tokens(self, messages: list[dict[str, str]], system: str | None) -> list[int]:
         if self.template is None:
@@ -168,8 +185,16 @@ class RemoteEngine(Engine):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
         dialect = await self.pool.dialect()
-        prompt_text = await self._prompt_text(request.prompt_tokens) if dialect == LLAMA_CPP else None
-        body = orjson.dumps(completion_body(dialect, self.model, request, prompt_text))
+        if needs_chat(request):  # tools or response_format: the replica's own tool machinery
+            turns = self._chat_turns.get(tuple(request.prompt_tokens))
+            if turns is None:
+                raise EngineUnavailable(f"engine {self.pool.name}: request {request.request_id} was not counted here")
+            body = orjson.dumps(chat_body(dialect, self.model, request, turns))
+            path = "/v1/chat/completions"
+        else:
+            prompt_text = await self._prompt_text(request.prompt_tokens) if dialect == LLAMA_CPP else None
+            body = orjson.dumps(completion_body(dialect, self.model, request, prompt_text))
+            path = "/v1/completions"
         tried: list[Replica] = []
         while True:
             replica = self.pool.pick(tried)
@@ -177,7 +202,7 @@ class RemoteEngine(Engine):
                 raise EngineUnavailable(f"engine {self.pool.name}: no healthy replica")
             try:
                 await self._ensure_adapter(replica)
-                async for event in self._stream(replica, body, request, dialect):
+                async for event in self._stream(replica, path, body, request, dialect):
                     yield event
                 return
             except ReplicaFailure as failure:
@@ -188,12 +213,12 @@ class RemoteEngine(Engine):
                     continue
                 raise EngineUnavailable(str(failure)) from None
 
-    async def _stream(self, replica: Replica, body: bytes, request: GenerateRequest,
+    async def _stream(self, replica: Replica, path: str, body: bytes, request: GenerateRequest,
                       dialect: str) -> AsyncIterator[EngineEvent]:
         pool = self.pool
         with pool.in_flight(replica):
             upstream = pool.client.build_request(
-                "POST", f"{replica.url}/v1/completions", content=body,
+                "POST", f"{replica.url}{path}", content=body,
                 headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
             try:
                 response = await pool.client.send(upstream, stream=True)
@@ -206,7 +231,10 @@ class RemoteEngine(Engine):
             try:
                 if response.status_code != 200:
                     await self._refused(replica, response)
-                reader = _StreamReader(request, stops=request.params.stop if dialect == LLAMA_CPP else ())
+                if path == "/v1/chat/completions":
+                    reader: _StreamReader = _ChatReader(request)
+                else:
+                    reader = _StreamReader(request, stops=request.params.stop if dialect == LLAMA_CPP else ())
                 try:
                     async for line in response.aiter_lines():
                         events, done = reader.line(line)
@@ -295,6 +323,9 @@ class _StreamReader:
             raise _Garbage(f"not a completion chunk: {data[:80]!r}")
         if "error" in chunk and not chunk.get("choices"):
             raise _UpstreamError(chunk)
+        return self.chunk(chunk)
+
+    def chunk(self, chunk: dict) -> tuple[list[EngineEvent], bool]:
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices") or []
@@ -370,6 +401,20 @@ class _StreamReader:
                                error=f"upstream finish_reason {self.finish_reason!r}")
         matched = self.stop_reason if isinstance(self.stop_reason, str) else None
         return FinishEvent(reason, prompt_tokens, completion_tokens, rest, matched_stop=matched)
+
+
+class _ChatReader(_StreamReader):
+    """The same server-sent events, of `/v1/chat/completions` (tools.py reads the chunks)."""
+
+    def __init__(self, request: GenerateRequest):
+        super().__init__(request)
+        self.chat = ChatStreamReader(request)
+
+    def chunk(self, chunk: dict) -> tuple[list[EngineEvent], bool]:
+        return self.chat.chunk(chunk), False
+
+    def finish(self) -> FinishEvent | None:
+        return self.chat.finish()
 
 
 def _token_list(payload: dict, name: str, pool: str) -> list[int]:
