@@ -88,7 +88,8 @@ def test_publish_revoke_and_engine_change_are_seen_by_both_within_a_second(pair)
 
     cli_json(one.data_dir, "service", "publish", "later", "--rpm", "100000", "--tpm", "100000000")
     time.sleep(1.0)
-    assert ask(two, "later", token)["result"]
+    later = ask(two, "later", token)
+    assert "error_code" not in later and later["usage"]["completion_tokens"] > 0, later
     for api_path in ("svc", "later"):  # restrict the app to two services, then take one away
         cli(one.data_dir, "app", "grant", "a", api_path)
     cli(one.data_dir, "app", "revoke", "a", "later")
@@ -142,7 +143,9 @@ def test_kill_9_of_one_gateway_mid_stream_loses_nothing_committed(pair):
     for table in ("apps", "tokens", "services", "grants", "memories"):
         assert after[table] == before[table], (table, before, after)
     # The survivor: the dead one's token is valid, its memory is recalled, and it keeps serving.
-    assert ask(two, "svc", token)["result"]
+    # (Served, not necessarily text: two tokens may be half a character, which is dropped.)
+    answer = ask(two, "svc", token)
+    assert "error_code" not in answer and answer["usage"]["completion_tokens"] > 0, answer
     memories = requests.post(two.base_url + list_url, params={"access_token": token}, json={"user_id": USER},
                              timeout=30).json()["result"]
     assert sorted(m["text"] for m in memories) == ["用户住在杭州", "用户名叫李雷"]
