@@ -102,9 +102,11 @@ def make_app(greeting: str) -> Starlette:
 
 
 class ScriptedReplica:
-    def __init__(self, greeting: str = "Hello.") -> None:
+    """A fake replica served from a thread of this process (`with ScriptedReplica() as replica`)."""
+
+    def __init__(self, greeting: str = "Hello.", app: Starlette | None = None) -> None:
         self.port = free_port()
-        app = make_app(greeting)
+        app = app if app is not None else make_app(greeting)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -9,15 +9,13 @@ every body received, with its path, so tests check what the gateway sent.
 from __future__ import annotations
 
 import json
-import threading
-import time
 
-import uvicorn
-from conftest import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from .scripted import ScriptedReplica
 
 MODEL = "tooly"
 ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
@@ -98,23 +96,6 @@ def make_app() -> Starlette:
     ])
 
 
-class ToolReplica:
+class ToolReplica(ScriptedReplica):
     def __init__(self) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(make_app(), host="127.0.0.1", port=self.port,
-                                                    log_level="critical"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(app=make_app())
