@@ -192,7 +192,7 @@ class ChatServing:
         await self.limiter.check_requests(key, service.rpm, service.tpm)
         engine = await self._engine(service)
         try:
-            engine.check_admission()
+            engine.check_admission(request.max_output_tokens)
         except EngineOverloaded:
             raise QianfanError(Code.OVERLOADED) from None
         except EngineUnavailable:

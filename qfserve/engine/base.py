@@ -187,9 +187,10 @@ class Engine(abc.ABC):
     def context_length(self) -> int:
         """Most tokens one sequence may hold, prompt and answer together."""
 
-    def check_admission(self) -> None:
+    def check_admission(self, max_tokens: int | None = None) -> None:
         """Raise EngineOverloaded when a request arriving now could not start in reasonable time.
-        Called before any per-request work (tokenizing, memory recall), so a flood is refused cheaply."""
+        Called before any per-request work (tokenizing, memory recall), so a flood is refused cheaply;
+        `max_tokens` is the answer the request asks for at most (its prompt is not known yet)."""
 
     def stats(self) -> dict:
         """Running and waiting sequences, for /readyz and /metrics."""

@@ -50,3 +50,14 @@ def test_requests_between_check_and_generate_count_as_waiting():
     p.generating()
     p.generating()
     assert p.wait(running) == before
+
+
+def test_a_pending_request_costs_the_answer_it_asked_for():
+    """Before tokenizing, a request's max_tokens is known: a flood of 2-token questions is not
+    priced as 512-token answers (which refused them as if minutes of work were queued)."""
+    short, unknown = predictor(parallel=1), predictor(parallel=1)
+    running = [Flight(10, 100, 0, started=True, completion_tokens=99)]
+    for _ in range(10):
+        short.admitted(2)
+        unknown.admitted()
+    assert short.wait(running) < unknown.wait(running) / 50

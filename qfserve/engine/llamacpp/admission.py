@@ -12,9 +12,10 @@ Expected answers are `max_tokens` times the fraction answers have been using (1 
 Background requests (priority > 0) wait behind every live one, so those waiting add nothing to a
 live request's wait; running ones hold their sequence like any other.
 
-Requests that passed `check_admission` but are still being tokenized count as waiting ahead, at
-the average cost, for a few seconds (`PENDING_SECONDS`): without them a flood that arrives all at
-once would pass the check together.
+Requests that passed `check_admission` but are still being tokenized count as waiting ahead, for
+a few seconds (`PENDING_SECONDS`), at the cost of the answer they asked for (`max_tokens`, known
+before tokenizing) and an average prompt: without them a flood that arrives all at once would pass
+the check together.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class WaitPredictor:
         self.step_b = 0.005
         self.prefill_tokens_per_s = 500.0
         self.out_ratio = 1.0
-        self._pending: deque[float] = deque()
-        self._mean_cost = 0.0
+        self._pending: deque[tuple[float, int]] = deque()  # (admitted at, max_tokens)
+        self._mean_prompt = 0.0
 
     def update(self, stats: dict) -> None:
         """The worker's latest speed figures (speed.StepTimer.rates)."""
@@ -59,18 +60,19 @@ class WaitPredictor:
 
     # -- requests between check_admission and generate ----------------------------------------
 
-    def admitted(self) -> None:
-        self._pending.append(time.monotonic())
+    def admitted(self, max_tokens: int | None = None) -> None:
+        self._pending.append((time.monotonic(), max_tokens or TYPICAL_MAX_TOKENS))
 
     def generating(self) -> None:
         if self._pending:
             self._pending.popleft()
 
-    def _pending_count(self) -> int:
+    def _pending_costs(self) -> list[float]:
         expired = time.monotonic() - PENDING_SECONDS
-        while self._pending and self._pending[0] < expired:
+        while self._pending and self._pending[0][0] < expired:
             self._pending.popleft()
-        return len(self._pending)
+        prompt = self._mean_prompt or TYPICAL_PROMPT
+        return [self.cost(prompt, max_tokens) for _, max_tokens in self._pending]
 
     # -- the prediction -----------------------------------------------------------------------
 
@@ -91,19 +93,15 @@ class WaitPredictor:
                 remaining.append(max(1.0, expected))
             elif flight.priority == 0:
                 ahead_costs.append(self.cost(flight.prompt_tokens, flight.max_tokens))
-        pending = self._pending_count()
+        costs = ahead_costs + self._pending_costs()
         free = self.parallel - len(remaining)
-        ahead = len(ahead_costs) + pending
-        if ahead < free:
+        if len(costs) < free:
             return 0.0
         # The first waiting requests take the free sequences; the new one waits for the rest.
-        mean_cost = self._mean_cost or self.cost(TYPICAL_PROMPT, TYPICAL_MAX_TOKENS)
-        costs = ahead_costs + [mean_cost] * pending
         beyond = sum(costs[max(0, free):])
         first_free = min(remaining) * full_step if len(remaining) >= self.parallel else 0.0
         return first_free + beyond
 
     def observed_cost(self, prompt_tokens: int, max_tokens: int) -> None:
-        """A live request was sent: its cost feeds the average used for pending ones."""
-        cost = self.cost(prompt_tokens, max_tokens)
-        self._mean_cost = cost if self._mean_cost == 0.0 else 0.9 * self._mean_cost + 0.1 * cost
+        """A live request was sent: its prompt feeds the average assumed for pending ones."""
+        self._mean_prompt = prompt_tokens if self._mean_prompt == 0.0 else 0.9 * self._mean_prompt + 0.1 * prompt_tokens

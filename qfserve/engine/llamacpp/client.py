@@ -221,12 +221,12 @@ class LlamaCppEngine(Engine):
         336103 beyond it, so a request the pool can never hold is refused, not queued."""
         return int(self.worker_info.get("n_ctx_seq") or self.config.seq_limit)
 
-    def check_admission(self) -> None:
+    def check_admission(self, max_tokens: int | None = None) -> None:
         if not self._ready:
             raise EngineUnavailable("the engine is not loaded")
         with self._lock:
             self._refuse_if_overloaded()
-            self.predictor.admitted()
+            self.predictor.admitted(max_tokens)
 
     def _refuse_if_overloaded(self) -> None:
         """Under self._lock: raise EngineOverloaded for a live request that could not start in time."""
