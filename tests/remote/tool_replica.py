@@ -77,8 +77,11 @@ def make_app() -> Starlette:
                 yield delta(tool_calls=[{"index": 0, "function": {"arguments": ARGUMENTS[half:]}}])
                 yield delta(finish="tool_calls")
             elif body.get("response_format"):
-                yield delta(JSON_ANSWER[:10])
-                yield delta(JSON_ANSWER[10:], finish="stop")
+                # A forced call asked as a JSON answer of its function's parameters (tools.py).
+                schema_name = body["response_format"].get("json_schema", {}).get("name")
+                answer = ARGUMENTS if tools and schema_name in {t["function"]["name"] for t in tools} else JSON_ANSWER
+                yield delta(answer[:10])
+                yield delta(answer[10:], finish="stop")
             else:
                 yield delta("Sunny, ")
                 yield delta("21 degrees.", finish="stop")

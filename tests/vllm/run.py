@@ -47,7 +47,10 @@ def start_vllm(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
     args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", MODEL_NAME, "--dtype", "bfloat16", "--max-model-len", "2048",
-            "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--host", "127.0.0.1", "--port", str(port)]
+            "--enable-lora", "--max-lora-rank", str(MAX_LORA_RANK), "--host", "127.0.0.1", "--port", str(port),
+            # Function calling: vLLM 0.32 refuses even a named tool_choice without a tool-call parser
+            # (400 "requires --tool-call-parser to be set"); hermes reads <tool_call> JSON answers.
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     print("$", " ".join(args), flush=True)
     log = open(log_path, "w")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

