@@ -8,7 +8,10 @@ USER = "e2e-memory-user"
 
 
 def chat(server, token, content, **fields):
-    body = {"messages": [{"role": "user", "content": content}], "max_output_tokens": 2, "temperature": 0.1,
+    # 8+ tokens: a turn whose answer is empty (2 tokens may be half a Chinese character, dropped) is
+    # not remembered.
+    body = {"messages": [{"role": "user", "content": content}], "max_output_tokens": 12, "min_output_tokens": 8,
+            "temperature": 0.1,
             "enable_user_memory": True, "user_id": USER, **fields}
     answer = requests.post(server.chat_url(), params={"access_token": token}, json=body, timeout=120).json()
     assert "error_code" not in answer, answer
