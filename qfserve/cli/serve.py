@@ -28,7 +28,7 @@ DEMO_MAX_OUTPUT_TOKENS = 128
 # Libraries that log at DEBUG/INFO on their own loggers (bm25s even sets its logger to DEBUG):
 # below WARNING they only show with --log-level debug.
 QUIET_LOGGERS = ("bm25s", "jieba", "httpx", "httpcore", "urllib3", "filelock", "huggingface_hub",
-                 "transformers", "asyncio", "multipart")
+                 "transformers", "asyncio", "multipart", "alembic.runtime.plugins")
 
 
 def _env(name: str) -> dict:
@@ -159,7 +159,7 @@ class _QuietLibraries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= self.floor:
             return True
-        return record.name.split(".", 1)[0] not in QUIET_LOGGERS
+        return not any(record.name == name or record.name.startswith(name + ".") for name in QUIET_LOGGERS)
 
 
 def _configure_logging(settings: Settings) -> None:
