@@ -165,10 +165,14 @@ class ChatServing:
 
     async def service_for(self, app: App, api_path: str) -> Service:
         """The published service at `api_path`, if this app may call it (checked before the body)."""
-        service = await asyncio.to_thread(service_store.get_service, self.store, api_path)
+        def look_up() -> tuple[Service | None, bool]:  # one trip through the thread pool, not two
+            found = service_store.get_service(self.store, api_path)
+            return found, found is not None and app_store.may_call(self.store, app, api_path)
+
+        service, allowed = await asyncio.to_thread(look_up)
         if service is None:
             raise QianfanError(Code.API_NOT_EXIST)
-        if not await asyncio.to_thread(app_store.may_call, self.store, app, api_path):
+        if not allowed:
             raise QianfanError(Code.NO_PERMISSION)
         return service
 
