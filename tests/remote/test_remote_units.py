@@ -153,6 +153,25 @@ def test_chat_stream_gathers_a_call_whether_its_name_comes_once_or_in_every_delt
         assert finish.completion_tokens == 2  # no usage from the server: one per piece
 
 
+def test_a_forced_call_asked_as_json_and_cut_short_is_text_not_a_call():
+    from qfserve.engine.base import FunctionDef, Tools
+    from qfserve.engine.openai_compat.tools import ChatStreamReader
+
+    tools = Tools((FunctionDef("f", "d", '{"type": "object", "properties": {"a": {"type": "integer"}}}'),), "function", "f")
+    request = GenerateRequest("as-test", [1, 2, 3], SamplingParams(), tools=tools)
+    for end, whole in (("stop", True), ("length", False)):
+        reader = ChatStreamReader(request, call_from_content="f")
+        reader.chunk({"choices": [{"delta": {"content": '{"a": 1'}, "finish_reason": None}]})
+        if whole:
+            reader.chunk({"choices": [{"delta": {"content": "}"}, "finish_reason": None}]})
+        reader.chunk({"choices": [{"delta": {}, "finish_reason": end}]})
+        finish = reader.finish()
+        if whole:
+            assert finish.call.name == "f" and finish.call.arguments == '{"a": 1}' and finish.text == ""
+        else:
+            assert finish.reason == "length" and finish.call is None and finish.text == '{"a": 1'
+
+
 def test_v1_turns_get_call_ids_and_results_answer_them_by_name():
     from qfserve.engine.openai_compat.tools import openai_turns
 

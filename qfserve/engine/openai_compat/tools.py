@@ -172,6 +172,9 @@ class ChatStreamReader:
         completion_tokens = self.tokens
         if self.usage:
             completion_tokens = int(self.usage.get("completion_tokens", completion_tokens))
+        if self.call_from_content is not None and self.finish_reason == "length":
+            # A forced call's JSON cut by max_tokens: plain text, never a broken call (as embedded).
+            return FinishEvent("length", prompt_tokens, completion_tokens, self._calls.get(0, {}).get("arguments", ""))
         call = self._call()
         if call is not None:
             return FinishEvent("stop", prompt_tokens, completion_tokens, call=call)
