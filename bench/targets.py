@@ -133,7 +133,11 @@ class LlamaServerTarget:
         # its first requests with "cleaning up before exit".
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
         await wait_http(f"http://127.0.0.1:{self.port}/health", self.process)
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
+        # A new connection per request: llama-server's HTTP library closes a kept-alive connection
+        # after a few requests or seconds idle, and a request sent on it just then failed with
+        # "Server disconnected without sending a response" (seen when other targets ran in between).
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600,
+                                        limits=httpx.Limits(max_keepalive_connections=0))
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid if self.process else None)

@@ -13,6 +13,7 @@ class FakeMemory:
 
     def copy_prefix(self, src, dst, length):
         self.calls.append(("cp", src, dst, length))
+        return True
 
 
 def test_copies_share_cells_and_cuts_free_only_what_nobody_else_holds():

@@ -27,7 +27,7 @@ import numpy as np
 
 class KVMemory(Protocol):
     def truncate(self, seq_id: int, keep: int) -> bool: ...
-    def copy_prefix(self, src: int, dst: int, length: int) -> None: ...
+    def copy_prefix(self, src: int, dst: int, length: int) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -115,7 +115,9 @@ class KVPool:
         self.truncate(slot, 0)
         if length <= 0:
             return
-        self._memory.copy_prefix(donor.seq_id, slot.seq_id, length)
+        if not self._memory.copy_prefix(donor.seq_id, slot.seq_id, length):
+            self._memory.truncate(slot.seq_id, 0)
+            return  # llama.cpp refused: the slot stays empty and prefills the whole prompt
         slot.cached = donor.cached[:length]
         if self.shared:
             slot.segments = [[s, a, min(b, length)] for s, a, b in donor.segments if a < length]

@@ -116,6 +116,7 @@ class NativeModel:
         self._eog = frozenset(self.eog_ids)
         self._batch = L.llama_batch_init(self.batch_capacity, 0, 1)
         self._pieces: dict[int, bytes] = {}
+        self._state_buffer = (ctypes.c_uint8 * 0)()  # grown to the largest sequence copied between regions
         self._adapters: dict[str, object] = {}
         self._active_adapter: str | None = None
 
@@ -157,15 +158,24 @@ class NativeModel:
             return L.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
         return L.llama_memory_seq_rm(self.memory, seq_id, keep, -1)
 
-    def copy_prefix(self, src: int, dst: int, length: int) -> None:
+    def copy_prefix(self, src: int, dst: int, length: int) -> bool:
         """Give `dst` (empty) the cells of `src`'s positions [0, length). In a unified pool the cells
-        gain an owner (no data moves); between regions llama.cpp copies only whole regions (at the
-        next decode), so the copy is cut back to `length` after."""
+        gain an owner (no data moves). Between regions `llama_memory_seq_cp` would copy the donor's
+        whole region, used or not (9216 cells: 212 MB for this model), so the donor's sequence state
+        (only the cells it holds) is read out and written into `dst`, then cut back to `length`.
+        False if llama.cpp refused (`dst` is then empty)."""
         if self.unified:
             L.llama_memory_seq_cp(self.memory, src, dst, 0, length)
-        else:
-            L.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
-            L.llama_memory_seq_rm(self.memory, dst, length, -1)
+            return True
+        size = L.llama_state_seq_get_size_ext(self.ctx, src, 0)
+        if len(self._state_buffer) < size:
+            self._state_buffer = (ctypes.c_uint8 * size)()
+        written = L.llama_state_seq_get_data_ext(self.ctx, self._state_buffer, size, src, 0)
+        L.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        if written == 0 or L.llama_state_seq_set_data_ext(self.ctx, self._state_buffer, written, dst, 0) == 0:
+            L.llama_memory_seq_rm(self.memory, dst, -1, -1)
+            return False
+        return L.llama_memory_seq_rm(self.memory, dst, length, -1)
 
     def measure(self, parallel: int, prefill: int = 64) -> dict:
         """Time one decode step of 1 and of `parallel` sequences, and one prefill of `prefill`
