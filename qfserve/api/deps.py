@@ -87,7 +87,7 @@ async def _authenticate(request: Request) -> App:
         return await _verify_signature(request)
     if not token:
         raise QianfanError(Code.INVALID_PARAMETER)
-    found = await asyncio.to_thread(token_store.lookup_token, state.store, token)
+    found = await state.store.read(token_store.lookup_token, state.store, token)
     if found is None:
         raise QianfanError(Code.TOKEN_INVALID)
     app, expires_at = found
@@ -102,10 +102,10 @@ async def _authenticate_bearer(request: Request) -> App:
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise QianfanError(Code.INVALID_PARAMETER)
-    app = await asyncio.to_thread(app_store.find_by_v2_key, store, key)
+    app = await store.read(app_store.find_by_v2_key, store, key)
     if app is not None:
         return app
-    found = await asyncio.to_thread(bearer_store.lookup_bearer_token, store, key)
+    found = await store.read(bearer_store.lookup_bearer_token, store, key)
     if found is None:
         raise QianfanError(Code.TOKEN_INVALID)
     app, expires_at = found

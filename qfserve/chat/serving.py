@@ -165,11 +165,11 @@ class ChatServing:
 
     async def service_for(self, app: App, api_path: str) -> Service:
         """The published service at `api_path`, if this app may call it (checked before the body)."""
-        def look_up() -> tuple[Service | None, bool]:  # one trip through the thread pool, not two
+        def look_up() -> tuple[Service | None, bool]:  # one trip (on PostgreSQL, through the thread pool)
             found = service_store.get_service(self.store, api_path)
             return found, found is not None and app_store.may_call(self.store, app, api_path)
 
-        service, allowed = await asyncio.to_thread(look_up)
+        service, allowed = await self.store.read(look_up)
         if service is None:
             raise QianfanError(Code.API_NOT_EXIST)
         if not allowed:

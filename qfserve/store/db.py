@@ -13,6 +13,7 @@ thread holds one connection, in autocommit, and `transaction()` wraps a block in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -21,13 +22,15 @@ import threading
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from qfserve.store.secret_box import SecretBox, is_sealed, load_secret_box
+
+T = TypeVar("T")
 
 DB_NAME = "qfserve.db"
 BASELINE = "0007"  # the Alembic revision equal to the last numbered SQL migration
@@ -206,6 +209,18 @@ class Store:
             with self._lock:
                 self._connections.add(conn)
         return conn
+
+    async def read(self, look_up: Callable[..., T], *args) -> T:
+        """Run a point read from the event loop: inline on SQLite, in the thread pool otherwise.
+
+        A SQLite lookup by key takes tens of microseconds and, in WAL mode, never waits for a
+        writer; a trip through the thread pool costs more than that, and under a flood its answer
+        waits behind every other request's work on the event loop. (Measured in bench/flood.py: a
+        refusal went through two such trips before it knew it was a refusal.) A PostgreSQL read
+        crosses the network, so it goes to the pool."""
+        if self.dialect == "sqlite":
+            return look_up(*args)
+        return await asyncio.to_thread(look_up, *args)
 
     def _forget(self, conn: Connection) -> None:
         """A connection the server dropped (a PostgreSQL restart): the next call opens a new one."""
