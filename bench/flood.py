@@ -102,7 +102,6 @@ async def run(*, requests: int = 300, max_tokens: int = 256, parallel: int = 4, 
                   + ("target met" if server_ok else "NOT met"))
             # The difference is the queue at the door: every request of the burst is parsed by the
             # one HTTP process, in turn, on cores the engine keeps busy.
-            print(f"the last refusal was read {max(refused) * 1000:.0f} ms after its request began")
     if served:
         longest = max(r["ttft"] or r["seconds"] for r in served)
         print(f"served: {len(served)}; longest wait for the first text {longest:.1f} s (bound {max_queue_wait:g} s)")

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     kv_type: str = Field("f16", pattern="^(f16|q8_0)$", description="KV cell type: f16, or q8_0 (half the memory, "
                          "answers independent of batching, long prompts prefill slower)")
     max_queue_wait: float = Field(30.0, gt=0, description="seconds a request may wait for a sequence before 336100")
+    stream_interval: float = Field(0.05, ge=0, le=1, description="seconds tokens mid-answer may wait in the engine "
+                                   "to travel to the server together (0: each token at once)")
 
     # Access control and limits
     limiter: str = Field("local", pattern="^(local|redis)$")

@@ -51,6 +51,7 @@ def embedded_engine_factory(settings: Settings) -> Callable[[str], Engine]:
             queue_size=settings.queue_size,
             tool_call_threshold=settings.tool_call_threshold,
             max_queue_wait=settings.max_queue_wait,
+            stream_interval=settings.stream_interval,
         )
 
     return make

@@ -57,6 +57,7 @@ def serve(
     kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--kv-per-sequence", help="One KV pool the sequences share (a long conversation may use what several short ones would), instead of a region each. Default: a region each (answers then never depend on what else runs).", **_env("KV_UNIFIED"))] = None,
     kv_type: Annotated[Optional[str], typer.Option(help="KV cell type: f16, or q8_0 (half the memory; answers never depend on batching; prompts of thousands of tokens prefill slower). Default: f16.", **_env("KV_TYPE"))] = None,
     max_queue_wait: Annotated[Optional[float], typer.Option(help="Seconds a request may wait for a sequence: beyond the predicted wait it gets 336100 at once. Default: 30.", **_env("MAX_QUEUE_WAIT"))] = None,
+    stream_interval: Annotated[Optional[float], typer.Option(min=0, max=1, help="Seconds the engine may hold tokens in the middle of an answer to send them to the server together (the first token and the end go at once); 0 sends each token alone, at more CPU per token. Default: 0.05.", **_env("STREAM_INTERVAL"))] = None,
     limiter: Annotated[Optional[str], typer.Option(help="Rate-limit backend: local or redis. Default: local.", **_env("LIMITER"))] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL for --limiter redis; with it, the failed-auth throttle is shared too.", **_env("REDIS_URL"))] = None,
     database_url: Annotated[Optional[str], typer.Option(help="PostgreSQL URL (postgresql://user:password@host:5432/db) for state shared by several gateways. Default: the SQLite file in the data dir.", **_env("DATABASE_URL"))] = None,
@@ -100,7 +101,8 @@ def serve(
             log_json=log_json, safety_category_levels=category_levels(safety_level), access_log=access_log,
             drain_seconds=drain_seconds, trusted_proxies=trusted_proxy, public_url=public_url,
             metrics_token=metrics_token, models_dir=models_dir,
-            kv_cells=kv_cells, kv_unified=kv_unified, kv_type=kv_type, max_queue_wait=max_queue_wait,  # engine (issue 15)
+            kv_cells=kv_cells, kv_unified=kv_unified, kv_type=kv_type, max_queue_wait=max_queue_wait,
+            stream_interval=stream_interval,  # engine (issue 15)
         )
     except ValueError as exc:  # pydantic's ValidationError: a bad value in the flags, environment or toml
         fail(f"bad setting: {_first_error(exc)}")

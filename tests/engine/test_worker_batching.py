@@ -6,71 +6,7 @@ neighbouring ids and lists them in id order. The speed this buys is measured in 
 at 8 streams); these tests pin the placement and the order, with no model.
 """
 
-from qfserve.engine.base import GenerateRequest, SamplingParams
-from qfserve.engine.llamacpp.kvpool import KVPool
-from qfserve.engine.llamacpp.protocol import WorkerConfig
-from qfserve.engine.llamacpp.text import StreamingText
-from qfserve.engine.llamacpp.worker import EngineWorker, Sequence
-
-
-class FakeNative:
-    n_ctx_seq = 10_000
-    n_vocab = 1000
-    eog_ids = [0]
-
-    def __init__(self):
-        self.batches = []  # seq_ids of each decode
-
-    def truncate(self, seq_id, keep):
-        return True
-
-    def copy_prefix(self, src, dst, length):
-        return True
-
-    def use_adapter(self, path):
-        pass
-
-    def decode(self, tokens, positions, seq_ids, logits):
-        self.batches.append(list(seq_ids))
-        return 0
-
-    def is_eog(self, token):
-        return False
-
-    def piece(self, token):
-        return b"a"
-
-
-class FakeSampler:
-    def sample(self, ctx, index):
-        return 7
-
-    def allow_eog(self):
-        pass
-
-    def free(self):
-        pass
-
-
-def worker(n_slots: int = 8) -> EngineWorker:
-    w = EngineWorker(conn=None, config=WorkerConfig("unused.gguf", parallel=n_slots, kv_cells=n_slots * 1000))
-    w.native = FakeNative()
-    w.native.ctx = None
-    w.pool = KVPool(n_slots * 1000, n_slots, w.native, shared=False)
-    return w
-
-
-def request(name: str, prompt: list[int]) -> GenerateRequest:
-    return GenerateRequest(name, prompt, SamplingParams(max_tokens=10))
-
-
-def run_on(w: EngineWorker, seq_id: int, name: str, prompt=(1, 2, 3)) -> Sequence:
-    slot = w.pool.slots[seq_id]
-    slot.busy = True
-    w.pool.extend(slot, list(prompt))
-    seq = Sequence(request(name, list(prompt)), slot, FakeSampler(), StreamingText(), pending=[], next_token=5)
-    w.running[name] = seq
-    return seq
+from worker_fakes import request, run_on, worker
 
 
 def test_a_new_sequence_fills_the_gap_between_running_ones():

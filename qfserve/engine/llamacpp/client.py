@@ -114,6 +114,7 @@ class LlamaCppEngine(Engine):
         threads: int | None = None,
         queue_size: int = 64,
         max_queue_wait: float = 30.0,
+        stream_interval: float = 0.05,
         show_progress: bool | None = None,
         tool_call_threshold: float = calls.DEFAULT_CALL_THRESHOLD,
     ) -> None:
@@ -127,6 +128,7 @@ class LlamaCppEngine(Engine):
             threads=threads or physical_cores(),
             queue_size=queue_size,
             max_queue_wait=max_queue_wait,
+            stream_interval=stream_interval,
         )
         self.predictor = WaitPredictor(parallel)
         self.rejected = 0  # refused at once for the predicted wait or a full queue

@@ -103,6 +103,8 @@ class EngineWorker:
         self.running: dict[str, Sequence] = {}
         self.outbox: list[tuple[str, tuple | FinishEvent]] = []  # token events as tuples (see _sample)
         self.started: list[str] = []  # requests started since the last message (the client's queue model)
+        self.urgent = False  # the outbox holds a first token, a finish or a refusal: send it this step
+        self._flushed_at = 0.0
         self.shutting_down = False
         self.timer = StepTimer()
         self._last_group = ""
@@ -206,6 +208,11 @@ class EngineWorker:
         now = time.monotonic()
         if not (self.outbox or changed):
             return
+        # Tokens in the middle of an answer wait up to stream_interval and go together: every
+        # message costs the serving process CPU that, on a small machine, the decode threads share.
+        if not (changed or self.urgent) and now - self._flushed_at < self.config.stream_interval:
+            return
+        self.urgent, self._flushed_at = False, now
         stats = None
         if changed or now - self._stats_sent_at >= 0.2:
             stats = self.stats()
@@ -252,6 +259,7 @@ class EngineWorker:
     def _refuse(self, request: GenerateRequest, message: str) -> None:
         event = FinishEvent("error", len(request.prompt_tokens), 0, error=message)
         self.outbox.append((request.request_id, event))
+        self.urgent = True
 
     def _enqueue(self, request: GenerateRequest) -> None:
         """Check the request now, so a bad one is refused at once instead of after the queue."""
@@ -451,6 +459,7 @@ class EngineWorker:
             queue_seconds=seq.queue_seconds,
         )
         self.outbox.append((seq.request_id, event))
+        self.urgent = True
         if reason in ("stop", "length"):
             self.timer.finished(seq.generated, seq.request.params.max_tokens)
         seq.sampler.free()
@@ -471,6 +480,7 @@ class EngineWorker:
             request = self.waiting.pop(request_id)
             self.enqueued_at.pop(request_id, None)
             self.outbox.append((request_id, FinishEvent("cancelled", len(request.prompt_tokens), 0)))
+            self.urgent = True
         elif request_id in self.running:
             self._finish(self.running[request_id], "cancelled")
 
@@ -584,6 +594,8 @@ class EngineWorker:
         text = seq.text.push(piece)
         # A plain tuple (protocol.TOKEN): cheaper to pickle than the dataclass; the client builds it.
         self.outbox.append((seq.request_id, (token, text, logprob, top, seq.text.last_decoded)))
+        if seq.generated == 1:
+            self.urgent = True
 
         if seq.text.stopped:
             self._finish(seq, "stop")
