@@ -336,7 +336,7 @@ class ChatServing:
         try:
             async for event in events:
                 if isinstance(event, TokenEvent):
-                    now = time.monotonic()
+                    now = event.at if event.at is not None else time.monotonic()
                     if first_token_at is None:
                         first_token_at = now
                         ttft_metric.observe(now - prepared.started)

@@ -122,6 +122,8 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: tuple[TopLogprob, ...] = ()
     token_text: str = ""  # the token's own piece, for logprobs
+    # time.monotonic() when the engine made it (None: when it arrives): an engine may send tokens in groups
+    at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ def test_tokens_mid_answer_travel_together_first_and_end_at_once(monkeypatch):
         [7] * 4,
         [7, "length"],  # the tenth token with the end, at once
     ]
+    # Each token carries the time it was made, so inter-token latency is measured per step.
+    times = [e[5] for m in w.conn.sent if m[0] == protocol.EVENTS for _, e in m[1] if isinstance(e, tuple)]
+    assert times == [100.0 + i * 0.125 for i in range(10)]
 
 
 def test_interval_zero_sends_every_token_alone(monkeypatch):

@@ -373,8 +373,8 @@ class LlamaCppEngine(Engine):
                 if route is None:
                     continue
                 if isinstance(event, tuple):  # a token (protocol.EVENTS)
-                    token, text, logprob, top, token_text = event
-                    event = TokenEvent(token, text, logprob, tuple(TopLogprob(t, lp) for t, lp in top), token_text)
+                    token, text, logprob, top, token_text, at = event
+                    event = TokenEvent(token, text, logprob, tuple(TopLogprob(t, lp) for t, lp in top), token_text, at)
                     route.completion_tokens += 1
                 else:
                     del self._routes[request_id]

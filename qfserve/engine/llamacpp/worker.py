@@ -592,8 +592,9 @@ class EngineWorker:
             # Each alternative shows the characters it would have completed, not a broken byte.
             top = tuple((seq.text.text_if(native.piece(t)), lp) for t, lp in ranked)
         text = seq.text.push(piece)
-        # A plain tuple (protocol.TOKEN): cheaper to pickle than the dataclass; the client builds it.
-        self.outbox.append((seq.request_id, (token, text, logprob, top, seq.text.last_decoded)))
+        # A plain tuple: cheaper to pickle than the dataclass; the client builds it. The time goes
+        # along because tokens may wait for each other (stream_interval) before they travel.
+        self.outbox.append((seq.request_id, (token, text, logprob, top, seq.text.last_decoded, time.monotonic())))
         if seq.generated == 1:
             self.urgent = True
 
