@@ -133,8 +133,6 @@ async def test_concurrent_requests_match_serial_runs(engine, chat_prompt):
 async def test_long_prompt_is_prefilled_in_chunks_beside_a_running_stream(exact_engine, chat_prompt):
     # q8_0 cells: llama.cpp runs one attention kernel for every chunk and batch, so the chunked
     # prefill beside a stream must give exactly the answer of the cached prompt decoded alone.
-    # q8_0 cells: the adapted answer is compared across a fresh prefill and a reused cache, and a
-    # random adapter leaves logits close enough that f16's batch-dependent rounding flips tokens.
     engine = exact_engine
     story = " ".join(f"Line {i}: the cat sat on mat number {i}." for i in range(30))
     long_tokens = prompt_of(chat_prompt, story + " Summarize.")
@@ -314,6 +312,8 @@ def adapter_path(tmp_path_factory) -> str:
 
 
 async def test_adapter_changes_output_and_mixes_with_base_requests(exact_engine, chat_prompt, adapter_path):
+    # q8_0 cells: the adapted answer is compared across a fresh prefill and a reused cache, and a
+    # random adapter leaves logits close enough that f16's batch-dependent rounding flips tokens.
     engine = exact_engine
     tokens = prompt_of(chat_prompt, "Name three animals.")
     params = dict(max_tokens=12, min_tokens=12, seed=9, temperature=0.01)

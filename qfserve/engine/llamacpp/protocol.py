@@ -57,8 +57,8 @@ class WorkerConfig:
     queue_size: int = 64  # requests allowed to wait for a free sequence
     max_queue_wait: float = 30.0  # seconds a request may wait before it starts (336100 beyond)
     prefill_chunk: int = 256  # prompt tokens per step, across all prefills, so streams keep flowing
-    stream_interval: float = 0.05  # seconds tokens mid-answer may wait to travel together (first and last go at once)
     idle_prefill_chunk: int = 512  # the same when no stream is decoding: nothing waits, so go faster
+    stream_interval: float = 0.05  # seconds tokens mid-answer may wait to travel together (first and last go at once)
 
     @property
     def seq_limit(self) -> int:
