@@ -10,6 +10,10 @@ none expected); the refusals' latency p50 / p95 (target: p95 < 50 ms), both as t
 server and the busy engine) and as the server measured it (its access log: from the request reaching the app to the answer sent); and, for
 the served ones, the longest wait for the first token (target: within the bound, plus that
 request's own prefill).
+
+The baseline, in the same run: the same client and burst against uvicorn (the same HTTP/1.1
+protocol) serving a bare ASGI app that answers every request 336100 at once. Its p95 is what this
+client and one Python HTTP process cost with no application at all: the floor under qfserve's.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
-from bench.targets import QfserveHttpTarget
+from bench.targets import QfserveHttpTarget, free_port
 from bench.workload import QUESTIONS, percentile
 from qfserve.engine.llamacpp.protocol import physical_cores
 
@@ -67,10 +73,46 @@ async def one(port: int, path: str, i: int, max_tokens: int) -> dict:
     return {"outcome": "served", "seconds": time.perf_counter() - start, "ttft": first}
 
 
+BARE_REFUSAL = b'{"error_code":336100,"error_msg":"Server is overloaded, please try again later","id":"as-0"}'
+
+
+async def bare_refusing_app(scope, receive, send) -> None:
+    """ASGI: every request answered 336100 at once, as qfserve's body; nothing else."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json;charset=utf-8"),
+                            (b"content-length", str(len(BARE_REFUSAL)).encode())]})
+    await send({"type": "http.response.body", "body": BARE_REFUSAL})
+
+
+async def baseline(requests: int, max_tokens: int) -> list[float]:
+    """The refusal latencies this client sees from the bare app under the same burst."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.flood:bare_refusing_app", "--port", str(port),
+                               "--http", "h11", "--loop", "asyncio", "--lifespan", "off", "--log-level", "warning"])
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        await one(port, "/", 0, 4)
+        results = await asyncio.gather(*(one(port, "/", i, max_tokens) for i in range(requests)))
+    finally:
+        server.terminate()
+        server.wait()
+    return [r["seconds"] for r in results if r["outcome"] == "336100"]
+
+
 async def run(*, requests: int = 300, max_tokens: int = 256, parallel: int = 4, max_queue_wait: float = 30.0,
               threads: int | None = None) -> bool:
     print(f"flood: {requests} streaming requests at once, {max_tokens} tokens each, parallel {parallel}, "
           f"max queue wait {max_queue_wait:g} s")
+    floor = await baseline(requests, max_tokens)
     target = QfserveHttpTarget(parallel=parallel, ctx_per_seq=1024, threads=threads or physical_cores(), max_tokens=max_tokens,
                                extra=("--max-queue-wait", str(max_queue_wait), "--log-level", "info", "--log-json"))
     await target.start()
@@ -95,6 +137,12 @@ async def run(*, requests: int = 300, max_tokens: int = 256, parallel: int = 4, 
         met &= ok
         print(f"refusals (336100), as the client saw them: p50 {p50:.0f} ms, p95 {p95:.0f} ms: "
               f"p95 < {REFUSAL_P95_MS:g} ms " + ("target met" if ok else "NOT met"))
+        if len(floor) == requests:
+            floor_p95 = percentile(floor, 95) * 1000
+            print(f"  baseline, the same client against a bare app answering 336100 at once: p50 "
+                  f"{percentile(floor, 50) * 1000:.0f} ms, p95 {floor_p95:.0f} ms (qfserve's p95 {p95 / floor_p95:.1f}x)")
+        else:
+            print(f"  baseline: only {len(floor)} of {requests} refusals from the bare app")
         if server_ms:
             server_ok = percentile(server_ms, 95) < REFUSAL_P95_MS
             print(f"refusals (336100), as the server measured them: p50 {percentile(server_ms, 50):.1f} ms, "

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from qfserve.api import bearer, chat, console, console_ui, health, memory_routes, oauth, v2
 from qfserve.api.access_log import AccessLogMiddleware
 from qfserve.api.bodies import BodyLimits, BoundedBodyMiddleware
+from qfserve.api.door import AdmissionDoor
 from qfserve.api.errors import install_error_handlers
 from qfserve.auth.replay import make_seen_signatures
 from qfserve.auth.throttle_redis import make_auth_throttle
@@ -158,6 +159,7 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
 
     app = FastAPI(title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.requests_open = 0  # requests being answered (any route), counted by the access-log middleware
+    app.add_middleware(AdmissionDoor)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     install_error_handlers(app)
     app.add_middleware(

@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from qfserve.api.access_log import note, note_usage
 from qfserve.api.deps import authenticated_app
+from qfserve.api.door import TICKET
 from qfserve.api.errors import JSON_TYPE, refusal
 from qfserve.limits.inflight import InFlightSlot
 from qfserve.protocol import v1
@@ -86,7 +87,7 @@ async def _answer(request: Request, app, api_path: str, body, rid: str, slot: In
     serving = request.app.state.serving
     service = await serving.service_for(app, api_path)
     chat_request = parse_chat_request(body)
-    prepared = await serving.prepare(app, service, chat_request, rid)
+    prepared = await serving.prepare(app, service, chat_request, rid, ticket=getattr(request.state, TICKET, None))
     logprobs = prepared.params.logprobs
     if chat_request.stream:
         chunks = v1.render_stream(rid, serving.events(prepared), logprobs=logprobs)

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 from qfserve import metrics
 from qfserve.chat.logprob_gate import LogprobGate
 from qfserve.engine.base import (
+    AdmissionTicket,
     Constraint,
     Engine,
     EngineOverloaded,
@@ -176,7 +177,22 @@ class ChatServing:
             raise QianfanError(Code.NO_PERMISSION)
         return service
 
-    async def prepare(self, app: App, service: Service, request: ChatRequest, request_id: str) -> PreparedChat:
+    def reserve(self, api_path: str) -> AdmissionTicket | None:
+        """At the door, before authentication: 336100 at once when the engine that served `api_path`
+        last could not start a request arriving now in time; else the place it holds for this one
+        (None when the path's engine is not known yet, or predicts no wait)."""
+        engine = self.engines.engine_for_path(api_path)
+        if engine is None:
+            return None
+        try:
+            return engine.reserve()
+        except EngineOverloaded:
+            raise QianfanError(Code.OVERLOADED) from None
+        except EngineUnavailable:
+            return None  # the route answers it, after authentication
+
+    async def prepare(self, app: App, service: Service, request: ChatRequest, request_id: str,
+                      ticket: AdmissionTicket | None = None) -> PreparedChat:
         api_path = service.api_path
         profile = get_profile(service.profile)
         if request.input_chars() > profile.max_input_chars:
@@ -196,7 +212,7 @@ class ChatServing:
         await self.limiter.check_requests(key, service.rpm, service.tpm)
         engine = await self._engine(service)
         try:
-            engine.check_admission(request.max_output_tokens)
+            engine.check_admission(request.max_output_tokens, ticket)
         except EngineOverloaded:
             raise QianfanError(Code.OVERLOADED) from None
         except EngineUnavailable:

@@ -189,14 +189,28 @@ class Engine(abc.ABC):
     def context_length(self) -> int:
         """Most tokens one sequence may hold, prompt and answer together."""
 
-    def check_admission(self, max_tokens: int | None = None) -> None:
+    def reserve(self) -> "AdmissionTicket | None":
+        """At the door, before anything is read but the path: raise EngineOverloaded when a request
+        arriving now could not start in time, else hold its place in the wait until
+        `check_admission` (or `AdmissionTicket.release`). None: this engine predicts no wait."""
+        return None
+
+    def check_admission(self, max_tokens: int | None = None, ticket: "AdmissionTicket | None" = None) -> None:
         """Raise EngineOverloaded when a request arriving now could not start in reasonable time.
         Called before any per-request work (tokenizing, memory recall), so a flood is refused cheaply;
-        `max_tokens` is the answer the request asks for at most (its prompt is not known yet)."""
+        `max_tokens` is the answer the request asks for at most (its prompt is not known yet);
+        `ticket`, the place `reserve` held for it at the door, which this call takes over."""
 
     def stats(self) -> dict:
         """Running and waiting sequences, for /readyz and /metrics."""
         return {}
+
+
+class AdmissionTicket:
+    """A request's place in the predicted wait, held from the door until the engine admits it."""
+
+    def release(self) -> None:
+        """Give the place back (the request ended before admission); idempotent."""
 
 
 class EngineOverloaded(Exception):

@@ -68,6 +68,7 @@ class EngineRegistry:
         self._pools: dict[str, tuple[object, object]] = {}  # name -> (EnginePool row, ReplicaPool)
         self._remote: dict[tuple[str, str, str | None], Engine] = {}  # (pool, model, adapter) -> engine
         self._retiring: set[asyncio.Task] = set()
+        self._by_path: dict[str, Engine] = {}  # api_path -> the engine it last ran on (forgotten on change)
 
     async def get(self, model: str) -> Engine:
         """The loaded engine; ModelUnavailable, with a one-line reason, when it can't be had."""
@@ -96,6 +97,16 @@ class EngineRegistry:
 
     async def for_service(self, service) -> Engine:
         """The engine a service runs on: embedded (`service.engine` None) or a remote pool's."""
+        engine = await self._for_service(service)
+        self._by_path[service.api_path] = engine
+        return engine
+
+    def engine_for_path(self, api_path: str) -> Engine | None:
+        """The engine `api_path` ran on last, unless the store changed since (a cheap guess for
+        admission at the door; the route still looks the service up)."""
+        return self._by_path.get(api_path)
+
+    async def _for_service(self, service) -> Engine:
         if service.engine is None:
             return await self.get(service.model)
         key = (service.engine, service.model, service.adapter)
@@ -134,7 +145,9 @@ class EngineRegistry:
 
     async def refresh(self) -> None:
         """Re-read the pools in use; a changed or removed pool is replaced, and the old one closed once
-        its requests in flight have finished."""
+        its requests in flight have finished. A service may have moved: which engine each path ran
+        on is forgotten."""
+        self._by_path.clear()
         for name, (row, pool) in list(self._pools.items()):
             current = await asyncio.to_thread(self._pool_source, name) if self._pool_source else None
             if current == row:
@@ -162,6 +175,7 @@ class EngineRegistry:
             await engine.close()
         self._loaded.clear()
         self._by_model.clear()
+        self._by_path.clear()
         for _row, pool in self._pools.values():
             await pool.close()
         self._pools.clear()

@@ -61,3 +61,35 @@ def test_a_pending_request_costs_the_answer_it_asked_for():
         short.admitted(2)
         unknown.admitted()
     assert short.wait(running) < unknown.wait(running) / 50
+
+
+def test_places_held_at_the_door_count_as_waiting_until_closed():
+    p = predictor(parallel=1)
+    running = [Flight(10, 100, 0, started=True, completion_tokens=99)]
+    before = p.wait(running)
+    first, second = object(), object()
+    p.opened(first)
+    p.opened(second)
+    assert p.wait(running) > before
+    p.closed(first)
+    p.closed(first)  # idempotent
+    p.closed(second)
+    assert p.wait(running) == before
+
+
+def test_a_door_place_costs_the_largest_answer_asked_for_lately_and_expires(monkeypatch):
+    """Priced low (a 4-token warm-up's answer), places at the door let a flood of 256-token
+    requests be admitted as if the queue were shorter, and the last of them waited past the bound."""
+    import qfserve.engine.llamacpp.admission as admission
+
+    p = predictor(parallel=1)
+    running = [Flight(10, 100, 0, started=True, completion_tokens=99)]
+    for asked in (4, 256, 8):
+        p.admitted(asked)
+        p.generating()
+    before = p.wait(running)
+    p.opened(object())
+    assert abs(p.wait(running) - before - p.cost(admission.TYPICAL_PROMPT, 256)) < 1e-9
+    now = admission.time.monotonic()
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now + admission.PENDING_SECONDS + 1)
+    assert p.wait(running) == before  # a request stuck before admission holds no place for ever

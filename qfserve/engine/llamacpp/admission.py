@@ -16,6 +16,12 @@ Requests that passed `check_admission` but are still being tokenized count as wa
 a few seconds (`PENDING_SECONDS`), at the cost of the answer they asked for (`max_tokens`, known
 before tokenizing) and an average prompt: without them a flood that arrives all at once would pass
 the check together.
+
+Before that, at the door (`opened`, before the body is parsed and the caller authenticated), a
+request holds a place at the cost of the largest answer asked for lately, until `check_admission` takes it over or
+it ends (`closed`). A flood then is refused where it arrives: the first requests of a burst take
+the places, and the rest are refused in the same turn of the event loop, each for the price of a
+dictionary look-up rather than an authentication and a service look-up in the database.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ PENDING_SECONDS = 5.0
 # Until a request has been seen, a pending one is assumed to be this big.
 TYPICAL_PROMPT = 64
 TYPICAL_MAX_TOKENS = 512
+RECENT = 32  # admitted requests whose asked-for answers price a place at the door
 
 
 @dataclass(eq=False)
@@ -49,7 +56,9 @@ class WaitPredictor:
         self.prefill_tokens_per_s = 500.0
         self.out_ratio = 1.0
         self._pending: deque[tuple[float, int]] = deque()  # (admitted at, max_tokens)
+        self._door: dict[object, float] = {}  # places held at the door: ticket -> opened at
         self._mean_prompt = 0.0
+        self._recent_max_tokens: deque[int] = deque(maxlen=RECENT)
 
     def update(self, stats: dict) -> None:
         """The worker's latest speed figures (speed.StepTimer.rates)."""
@@ -60,8 +69,17 @@ class WaitPredictor:
 
     # -- requests between check_admission and generate ----------------------------------------
 
+    def opened(self, ticket: object) -> None:
+        """A request reached the door: it holds a place until `closed` (or PENDING_SECONDS)."""
+        self._door[ticket] = time.monotonic()
+
+    def closed(self, ticket: object) -> None:
+        self._door.pop(ticket, None)
+
     def admitted(self, max_tokens: int | None = None) -> None:
-        self._pending.append((time.monotonic(), max_tokens or TYPICAL_MAX_TOKENS))
+        max_tokens = max_tokens or TYPICAL_MAX_TOKENS
+        self._recent_max_tokens.append(max_tokens)
+        self._pending.append((time.monotonic(), max_tokens))
 
     def generating(self) -> None:
         if self._pending:
@@ -72,7 +90,16 @@ class WaitPredictor:
         while self._pending and self._pending[0][0] < expired:
             self._pending.popleft()
         prompt = self._mean_prompt or TYPICAL_PROMPT
-        return [self.cost(prompt, max_tokens) for _, max_tokens in self._pending]
+        costs = [self.cost(prompt, max_tokens) for _, max_tokens in self._pending]
+        if self._door:
+            for ticket, opened in list(self._door.items()):
+                if opened < expired:  # a request stuck before admission holds no place for ever
+                    del self._door[ticket]
+            # Priced at the largest answer recently asked for: a place priced low lets the requests
+            # behind it be admitted as if it were not there, and then wait past the bound.
+            door_max_tokens = max(self._recent_max_tokens, default=TYPICAL_MAX_TOKENS)
+            costs += [self.cost(prompt, door_max_tokens)] * len(self._door)
+        return costs
 
     # -- the prediction -----------------------------------------------------------------------
 

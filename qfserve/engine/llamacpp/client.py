@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from qfserve.engine.base import (
+    AdmissionTicket,
     Constraint,
     Engine,
     EngineEvent,
@@ -39,6 +40,17 @@ from qfserve.engine.llamacpp.protocol import DEFAULT_CTX_PER_SEQ, WorkerConfig, 
 class _Route(Flight):
     loop: asyncio.AbstractEventLoop | None = None
     queue: asyncio.Queue | None = None
+
+
+class _Ticket(AdmissionTicket):
+    """A place at the door: the predictor counts it as an average request waiting ahead."""
+
+    def __init__(self, engine: "LlamaCppEngine") -> None:
+        self._engine = engine
+
+    def release(self) -> None:
+        with self._engine._lock:
+            self._engine.predictor.closed(self)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, EngineEvent]]) -> None:
@@ -223,10 +235,22 @@ class LlamaCppEngine(Engine):
         336103 beyond it, so a request the pool can never hold is refused, not queued."""
         return int(self.worker_info.get("n_ctx_seq") or self.config.seq_limit)
 
-    def check_admission(self, max_tokens: int | None = None) -> None:
+    def reserve(self) -> "_Ticket":
+        if not self._ready:
+            raise EngineUnavailable("the engine is not loaded")
+        ticket = _Ticket(self)
+        with self._lock:
+            self._refuse_if_overloaded()
+            self.predictor.opened(ticket)
+        return ticket
+
+    def check_admission(self, max_tokens: int | None = None, ticket: AdmissionTicket | None = None) -> None:
         if not self._ready:
             raise EngineUnavailable("the engine is not loaded")
         with self._lock:
+            if ticket is not None:
+                # Checked again without its own place, now that the answer's size is known.
+                self.predictor.closed(ticket)
             self._refuse_if_overloaded()
             self.predictor.admitted(max_tokens)
 

@@ -80,7 +80,7 @@ class RemoteEngine(Engine):
     def ready(self) -> bool:
         return bool(self.pool.admitted())
 
-    def check_admission(self, max_tokens: int | None = None) -> None:
+    def check_admission(self, max_tokens: int | None = None, ticket=None) -> None:
         if not self.pool.admitted():
             raise EngineUnavailable(f"engine {self.pool.name}: no healthy replica")
 

@@ -1,0 +1,111 @@
+"""Admission at the door (api/door.py): a saturated engine's path is refused before authentication,
+and a place held at the door is handed to the route's admission check or given back.
+
+A scripted engine stands in for the predictor (its own tests: tests/engine/test_admission.py); the
+real engine meets the door in tests/e2e/test_engine_e2e.py's flood.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from qfserve.api.app import create_app
+from qfserve.config import load_settings
+from qfserve.engine.base import AdmissionTicket, EngineOverloaded, FinishEvent, TokenEvent
+from qfserve.store import apps, services, tokens
+from qfserve.store.db import Store
+from scripted import ScriptedEngineBase
+
+CHAT = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
+BODY = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+class Place(AdmissionTicket):
+    def __init__(self, engine: "DoorEngine"):
+        self.engine = engine
+
+    def release(self) -> None:
+        self.engine.places.discard(self)
+
+
+class DoorEngine(ScriptedEngineBase):
+    """Full when `saturated`; records the places it holds and what admission was handed."""
+
+    saturated = False
+    last: "DoorEngine | None" = None
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.places: set[Place] = set()
+        self.handed: list = []
+        DoorEngine.last = self
+
+    def reserve(self) -> Place:
+        if DoorEngine.saturated:
+            raise EngineOverloaded()
+        place = Place(self)
+        self.places.add(place)
+        return place
+
+    def check_admission(self, max_tokens=None, ticket=None) -> None:
+        self.handed.append(ticket)
+        self.places.discard(ticket)
+
+    def generate(self, request):
+        async def run():
+            yield TokenEvent(token_id=1, text="ok", token_text="ok", logprob=-0.1)
+            yield FinishEvent("stop", len(request.prompt_tokens), 1)
+        return run()
+
+
+@pytest.fixture
+def client(tmp_path):
+    DoorEngine.saturated = False
+    store = Store(tmp_path)
+    creds = apps.create_app(store, "a")
+    services.publish_service(store, "svc", model="default", profile="ERNIE-Speed-8K", rpm=1000, tpm=100000)
+    token, _, _ = tokens.issue_token(store, creds.app)
+    store.close()
+    app = create_app(load_settings(data_dir=tmp_path), engine_factory=DoorEngine)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.token = token
+        yield test_client
+
+
+def test_a_saturated_engine_refuses_at_the_door_before_the_caller_is_known(client):
+    """An unknown token would get 110 from the route: at the door it is never looked up."""
+    DoorEngine.saturated = True
+    answer = client.post(CHAT + "svc", params={"access_token": "not-a-token"}, json=BODY).json()
+    assert answer["error_code"] == 336100
+    assert answer["error_msg"] == "Server is overloaded, please try again later"
+    assert answer["id"].startswith("as-")
+    assert DoorEngine.last.handed == []  # the route never ran
+
+    DoorEngine.saturated = False  # and the server goes on serving
+    served = client.post(CHAT + "svc", params={"access_token": client.token}, json=BODY).json()
+    assert served["result"] == "ok"
+
+
+def test_the_place_held_at_the_door_is_handed_to_admission(client):
+    answer = client.post(CHAT + "svc", params={"access_token": client.token}, json=BODY).json()
+    assert answer["result"] == "ok"
+    engine = DoorEngine.last
+    assert len(engine.handed) == 1 and isinstance(engine.handed[0], Place)
+    assert engine.places == set()
+
+
+def test_a_request_refused_before_admission_gives_its_place_back(client):
+    answer = client.post(CHAT + "svc", params={"access_token": "not-a-token"}, json=BODY).json()
+    assert answer["error_code"] == 110
+    engine = DoorEngine.last
+    assert engine.handed == [] and engine.places == set()
+
+
+def test_paths_and_methods_the_door_does_not_know_go_to_the_route(client):
+    DoorEngine.saturated = True
+    # No engine has served this path: the route answers (after authentication), not the door.
+    unknown = client.post(CHAT + "nosuch", params={"access_token": client.token}, json=BODY).json()
+    assert unknown["error_code"] == 336005
+    wrong_method = client.get(CHAT + "svc", params={"access_token": client.token}).json()
+    assert wrong_method["error_code"] == 336101
