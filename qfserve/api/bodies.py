@@ -78,7 +78,8 @@ class BoundedBodyMiddleware:
         size = 0
         while True:
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+                async with asyncio.timeout_at(deadline):  # no task per receive, as wait_for makes
+                    message = await receive()
             except TimeoutError:
                 await Response(status_code=408, headers=CLOSE)(scope, receive, send)
                 return
