@@ -7,6 +7,20 @@ The real model runs through the same code in tests/e2e.
 from __future__ import annotations
 
 from qfserve.engine.base import Engine
+from qfserve.store import apps, services, tokens
+from qfserve.store.db import Store
+
+
+def published(data_dir, *, rpm: int, tpm: int) -> str:
+    """A data dir holding app `a` and service `svc` (the default model, ERNIE-Speed-8K); a token of the app."""
+    store = Store(data_dir)
+    try:
+        creds = apps.create_app(store, "a")
+        services.publish_service(store, "svc", model="default", profile="ERNIE-Speed-8K", rpm=rpm, tpm=tpm)
+        token, _, _ = tokens.issue_token(store, creds.app)
+        return token
+    finally:
+        store.close()
 
 
 class ScriptedEngineBase(Engine):

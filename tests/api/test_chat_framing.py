@@ -15,9 +15,7 @@ from fastapi.testclient import TestClient
 from qfserve.api.app import create_app
 from qfserve.config import load_settings
 from qfserve.engine.base import EngineOverloaded, EngineUnavailable, FinishEvent, TokenEvent
-from qfserve.store import apps, services, tokens
-from scripted import ScriptedEngineBase
-from qfserve.store.db import Store
+from scripted import ScriptedEngineBase, published
 
 SCRIPT = ["你好", "，", "世界", "。", "Hello", " there", ".", " Bye"]
 
@@ -68,11 +66,7 @@ class ScriptedEngine(ScriptedEngineBase):
 @pytest.fixture
 def client(tmp_path):
     ScriptedEngine.mode = "ok"
-    store = Store(tmp_path)
-    creds = apps.create_app(store, "a")
-    services.publish_service(store, "svc", model="default", profile="ERNIE-Speed-8K", rpm=7, tpm=5000)
-    token, _, _ = tokens.issue_token(store, creds.app)
-    store.close()
+    token = published(tmp_path, rpm=7, tpm=5000)
     app = create_app(load_settings(data_dir=tmp_path), engine_factory=ScriptedEngine)
     # Server exceptions must become wire bodies, not propagate: let the test see what a client sees.
     # A loopback client: /metrics answers only those when no metrics token is configured.

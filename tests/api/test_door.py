@@ -13,9 +13,7 @@ from fastapi.testclient import TestClient
 from qfserve.api.app import create_app
 from qfserve.config import load_settings
 from qfserve.engine.base import AdmissionTicket, EngineOverloaded, FinishEvent, TokenEvent
-from qfserve.store import apps, services, tokens
-from qfserve.store.db import Store
-from scripted import ScriptedEngineBase
+from scripted import ScriptedEngineBase, published
 
 CHAT = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
@@ -62,11 +60,7 @@ class DoorEngine(ScriptedEngineBase):
 @pytest.fixture
 def client(tmp_path):
     DoorEngine.saturated = False
-    store = Store(tmp_path)
-    creds = apps.create_app(store, "a")
-    services.publish_service(store, "svc", model="default", profile="ERNIE-Speed-8K", rpm=1000, tpm=100000)
-    token, _, _ = tokens.issue_token(store, creds.app)
-    store.close()
+    token = published(tmp_path, rpm=1000, tpm=100000)
     app = create_app(load_settings(data_dir=tmp_path), engine_factory=DoorEngine)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         test_client.token = token
