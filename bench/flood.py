@@ -25,9 +25,12 @@ import subprocess
 import sys
 import time
 
+import orjson
+
 from bench.targets import QfserveHttpTarget, free_port
 from bench.workload import QUESTIONS, percentile
 from qfserve.engine.llamacpp.protocol import physical_cores
+from qfserve.protocol.errors import Code, QianfanError
 
 REFUSAL_P95_MS = 50.0
 
@@ -73,7 +76,7 @@ async def one(port: int, path: str, i: int, max_tokens: int) -> dict:
     return {"outcome": "served", "seconds": time.perf_counter() - start, "ttft": first}
 
 
-BARE_REFUSAL = b'{"error_code":336100,"error_msg":"Server is overloaded, please try again later","id":"as-0"}'
+BARE_REFUSAL = orjson.dumps(QianfanError(Code.OVERLOADED).body("as-0"))  # qfserve's own body, from the error table
 
 
 async def bare_refusing_app(scope, receive, send) -> None:

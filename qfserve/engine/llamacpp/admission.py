@@ -18,8 +18,8 @@ before tokenizing) and an average prompt: without them a flood that arrives all 
 the check together.
 
 Before that, at the door (`opened`, before the body is parsed and the caller authenticated), a
-request holds a place at the cost of the largest answer asked for lately, until `check_admission` takes it over or
-it ends (`closed`). A flood then is refused where it arrives: the first requests of a burst take
+request holds a place at the cost of the largest answer asked for lately, until `check_admission`
+takes it over or it ends (`closed`). A flood then is refused where it arrives: the first requests of a burst take
 the places, and the rest are refused in the same turn of the event loop, each for the price of a
 dictionary look-up rather than an authentication and a service look-up in the database.
 """
@@ -91,10 +91,12 @@ class WaitPredictor:
             self._pending.popleft()
         prompt = self._mean_prompt or TYPICAL_PROMPT
         costs = [self.cost(prompt, max_tokens) for _, max_tokens in self._pending]
+        while self._door:  # in opening order: a request stuck before admission holds no place for ever
+            ticket, opened = next(iter(self._door.items()))
+            if opened >= expired:
+                break
+            del self._door[ticket]
         if self._door:
-            for ticket, opened in list(self._door.items()):
-                if opened < expired:  # a request stuck before admission holds no place for ever
-                    del self._door[ticket]
             # Priced at the largest answer recently asked for: a place priced low lets the requests
             # behind it be admitted as if it were not there, and then wait past the bound.
             door_max_tokens = max(self._recent_max_tokens, default=TYPICAL_MAX_TOKENS)

@@ -43,7 +43,7 @@ class _Route(Flight):
 
 
 class _Ticket(AdmissionTicket):
-    """A place at the door: the predictor counts it as an average request waiting ahead."""
+    """A place at the door: the predictor counts it as a request waiting ahead (admission.py)."""
 
     def __init__(self, engine: "LlamaCppEngine") -> None:
         self._engine = engine

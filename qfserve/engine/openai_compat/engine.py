@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from qfserve.engine.base import (
+    AdmissionTicket,
     Engine,
     EngineEvent,
     EnginePromptTooLong,
@@ -80,7 +81,7 @@ class RemoteEngine(Engine):
     def ready(self) -> bool:
         return bool(self.pool.admitted())
 
-    def check_admission(self, max_tokens: int | None = None, ticket=None) -> None:
+    def check_admission(self, max_tokens: int | None = None, ticket: AdmissionTicket | None = None) -> None:
         if not self.pool.admitted():
             raise EngineUnavailable(f"engine {self.pool.name}: no healthy replica")
 
