@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -90,10 +91,16 @@ def _memory(settings: Settings, store: Store):
 async def _purge_expired_tokens(store: Store, interval: float) -> None:
     """Delete expired access tokens now and then every `interval` seconds, for the server's life."""
     while True:
+        work = asyncio.ensure_future(asyncio.to_thread(token_store.purge_expired, store))
         try:
-            purged = await asyncio.to_thread(token_store.purge_expired, store)
+            purged = await asyncio.shield(work)
             if purged:
                 log.info("purged %d expired access tokens", purged)
+        except asyncio.CancelledError:
+            # Shutting down: the thread still holds the store, which closes next. Let it finish
+            # (closing SQLite under a running statement crashed the test process in CI).
+            await asyncio.wait({work})
+            raise
         except Exception as exc:  # a busy database must not end the schedule
             log.warning("purging expired access tokens failed: %s", exc)
         await asyncio.sleep(interval)
@@ -146,6 +153,8 @@ def create_app(settings: Settings, engine_factory: Callable[[str], Engine] | Non
             state.shutting_down = True
             await asyncio.to_thread(state.console_jobs.close)
             purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge  # its database work ends before the store closes
             await state.serving.drain()
             await state.usage.close()
             await state.engines.close()

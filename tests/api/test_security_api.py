@@ -269,6 +269,36 @@ def test_expired_tokens_are_purged_on_a_schedule(world):
     store.close()
 
 
+def test_shutdown_waits_for_a_purge_still_running_before_the_store_closes(world, monkeypatch):
+    """The purge runs in a thread; cancelling its task does not stop the thread. Closing SQLite
+    under its running statement crashed the test process (a segfault in CI)."""
+    import threading
+
+    from qfserve.store.db import Store as RealStore
+
+    data_dir, _, _ = world
+    events = []
+    running = threading.Event()
+
+    def slow_purge(store):
+        running.set()
+        time.sleep(0.5)
+        events.append("purge done")
+        return 0
+
+    real_close = RealStore.close
+
+    def recording_close(self):
+        events.append("store closed")
+        real_close(self)
+
+    monkeypatch.setattr(tokens, "purge_expired", slow_purge)
+    monkeypatch.setattr(RealStore, "close", recording_close)
+    with client_for(data_dir):
+        assert running.wait(10)
+    assert events[:2] == ["purge done", "store closed"]
+
+
 def test_limits_by_route():
     from qfserve.api.bodies import BodyLimits
 
