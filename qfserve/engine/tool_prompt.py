@@ -31,8 +31,16 @@ RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
 
 # Caps the grammar adds where a schema leaves a size open, so a small model that rambles inside a
 # string still closes the call within max_output_tokens. A value within them is valid for the schema.
+# They start here and shrink (not below the floors) until the longest value the capped schema allows
+# fits in VALUE_BUDGET characters: caps multiply through nested arrays, and fixed ones let an event
+# with 10 attendees of two 160-character strings run past 1024 tokens (seen in CI, the 135M model
+# rambling digits into an e-mail address).
 STRING_CAP = 160
 ARRAY_CAP = 10
+STRING_FLOOR = 16
+ARRAY_FLOOR = 2
+VALUE_BUDGET = 800
+GUESSED_LENGTH = 40  # a value the schema bounds some other way (pattern, format, $ref, …)
 
 INSTRUCTION = (
     "You can call functions. If the user's request matches a function's description, call it: "
@@ -135,7 +143,18 @@ def render_messages(messages: list[dict]) -> list[dict]:
 # ---- the constraint ---------------------------------------------------------------------------
 
 def bounded(schema: Any) -> Any:
-    """A copy of `schema` whose open-ended strings and arrays get the caps above (see STRING_CAP)."""
+    """A copy of `schema` whose open-ended strings and arrays get caps (see STRING_CAP), as large as
+    VALUE_BUDGET allows. Sizes the schema sets itself are kept."""
+    string_cap, array_cap = STRING_CAP, ARRAY_CAP
+    while True:
+        capped = _capped(schema, string_cap, array_cap)
+        if longest(capped) <= VALUE_BUDGET or (string_cap, array_cap) == (STRING_FLOOR, ARRAY_FLOOR):
+            return capped
+        string_cap = max(STRING_FLOOR, string_cap * 3 // 4)
+        array_cap = max(ARRAY_FLOOR, array_cap * 3 // 4)
+
+
+def _capped(schema: Any, string_cap: int, array_cap: int) -> Any:
     schema = copy.deepcopy(schema)
 
     def visit(node: Any) -> None:
@@ -145,18 +164,51 @@ def bounded(schema: Any) -> Any:
             return
         if not isinstance(node, dict):
             return
-        kinds = node.get("type")
-        kinds = kinds if isinstance(kinds, list) else [kinds]
+        kinds = _kinds(node)
         free = not any(key in node for key in ("enum", "const", "pattern", "format"))
         if "string" in kinds and free and "maxLength" not in node:
-            node["maxLength"] = max(STRING_CAP, node.get("minLength", 0))
+            node["maxLength"] = max(string_cap, node.get("minLength", 0))
         if "array" in kinds and "maxItems" not in node:
-            node["maxItems"] = max(ARRAY_CAP, node.get("minItems", 0))
+            node["maxItems"] = max(array_cap, node.get("minItems", 0))
         for value in node.values():
             visit(value)
 
     visit(schema)
     return schema
+
+
+def _kinds(node: dict) -> list:
+    kinds = node.get("type")
+    return kinds if isinstance(kinds, list) else [kinds]
+
+
+def longest(node: Any) -> int:
+    """About the most characters a JSON value valid for `node` takes (an escape counts as one
+    character); GUESSED_LENGTH where the schema bounds a value some other way."""
+    if not isinstance(node, dict):
+        return GUESSED_LENGTH
+    if "const" in node:
+        return len(_dumps(node["const"]))
+    if "enum" in node:
+        return max((len(_dumps(value)) for value in node["enum"]), default=0)
+    alternatives = node.get("anyOf") or node.get("oneOf")
+    if isinstance(alternatives, list):
+        return max((longest(alt) for alt in alternatives), default=0)
+    sizes = [_longest_of_kind(node, kind) for kind in _kinds(node)]
+    return max(sizes, default=GUESSED_LENGTH)
+
+
+def _longest_of_kind(node: dict, kind: Any) -> int:
+    if kind == "string":
+        return node["maxLength"] + 2 if "maxLength" in node else GUESSED_LENGTH
+    if kind == "array":
+        if "maxItems" not in node:
+            return GUESSED_LENGTH
+        return 2 + node["maxItems"] * (longest(node.get("items", {})) + 2)
+    if kind == "object" or (kind is None and "properties" in node):
+        properties = node.get("properties") or {}
+        return 2 + sum(len(_dumps(key)) + 4 + longest(value) for key, value in properties.items())
+    return {"boolean": 5, "null": 4, "integer": 20, "number": 24}.get(kind, GUESSED_LENGTH)
 
 
 def _call_object(function: FunctionDef) -> dict:

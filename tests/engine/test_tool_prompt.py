@@ -85,6 +85,35 @@ def test_bounded_caps_open_strings_and_arrays_only():
     assert "maxLength" not in json.loads(WEATHER.parameters)["properties"]["city"]  # the original is untouched
 
 
+EVENT = {"type": "object", "properties": {
+    "title": {"type": "string"}, "date": {"type": "string", "format": "date"},
+    "attendees": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string", "maxLength": 200}},
+        "required": ["name"]}}}, "required": ["title", "attendees"]}
+
+
+def test_caps_shrink_until_nested_arrays_fit_the_budget():
+    # Fixed caps would allow 10 attendees of 160 + 200 characters: thousands of tokens.
+    uncapped_by_budget = tool_prompt._capped(EVENT, tool_prompt.STRING_CAP, tool_prompt.ARRAY_CAP)
+    assert tool_prompt.longest(uncapped_by_budget) > 3000
+    schema = tool_prompt.bounded(EVENT)
+    attendees = schema["properties"]["attendees"]
+    assert tool_prompt.longest(schema) <= tool_prompt.VALUE_BUDGET
+    assert 1 <= attendees["maxItems"] < tool_prompt.ARRAY_CAP
+    assert tool_prompt.STRING_FLOOR <= schema["properties"]["title"]["maxLength"] < tool_prompt.STRING_CAP
+    assert attendees["items"]["properties"]["email"]["maxLength"] == 200  # the schema's own size stays
+
+
+def test_caps_stop_at_their_floors_and_respect_minimums():
+    # Even at the floors this one is over the budget: the minimums win, the caps stop shrinking.
+    huge = {"type": "array", "minItems": 3, "items": {"type": "array", "items": {"type": "string", "minLength": 300}}}
+    schema = tool_prompt.bounded(huge)
+    assert tool_prompt.longest(schema) > tool_prompt.VALUE_BUDGET
+    assert schema["maxItems"] == 3 and schema["items"]["maxItems"] == tool_prompt.ARRAY_FLOOR
+    assert schema["items"]["items"]["maxLength"] == 300
+    jsonschema.validate([["x" * 300] * 2] * 3, schema)
+
+
 def test_call_schema_is_one_function_or_any_offered():
     one = tool_prompt.call_schema(Tools((WEATHER, TIME), "function", "get_time"))
     assert one["properties"]["name"] == {"const": "get_time"}
