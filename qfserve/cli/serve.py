@@ -128,7 +128,7 @@ def serve(
     from qfserve.api.draining import DrainingServer
     from qfserve.api.http_server import uvicorn_config
 
-    web_app = create_app(settings, moderator=moderator)
+    web_app = create_app(settings, moderator=moderator, freeze_startup_heap=True)
     # The drain (--drain-seconds) comes first; uvicorn's own grace then only closes what is left.
     config = uvicorn_config(web_app, settings)
     config.timeout_graceful_shutdown = 1
