@@ -209,6 +209,10 @@ class Engine(abc.ABC):
 class AdmissionTicket:
     """A request's place in the predicted wait, held from the door until the engine admits it."""
 
+    # Seconds the request was predicted to wait for a sequence when it took its place (0: it starts
+    # at once). The door lets such a request yield to the refusals of a burst: it waits anyway.
+    predicted_wait: float = 0.0
+
     def release(self) -> None:
         """Give the place back (the request ended before admission); idempotent."""
 

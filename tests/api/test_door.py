@@ -7,12 +7,18 @@ real engine meets the door in tests/e2e/test_engine_e2e.py's flood.
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
 from fastapi.testclient import TestClient
 
+from qfserve.api import door as door_module
 from qfserve.api.app import create_app
+from qfserve.api.door import AdmissionDoor
 from qfserve.config import load_settings
 from qfserve.engine.base import AdmissionTicket, EngineOverloaded, FinishEvent, TokenEvent
+from qfserve.protocol.errors import Code, QianfanError
 from scripted import ScriptedEngineBase, published
 
 CHAT = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
@@ -103,3 +109,68 @@ def test_paths_and_methods_the_door_does_not_know_go_to_the_route(client):
     assert unknown["error_code"] == 336005
     wrong_method = client.get(CHAT + "svc", params={"access_token": client.token}).json()
     assert wrong_method["error_code"] == 336101
+
+
+# ---- a burst: requests that will wait anyway let the refusals go first ---------------------------
+
+class BurstServing:
+    """The first request gets a place with `predicted_wait`; every later one is refused."""
+
+    def __init__(self, predicted_wait: float):
+        self.predicted_wait = predicted_wait
+        self.calls = 0
+
+    def reserve(self, api_path):
+        self.calls += 1
+        if self.calls > 1:
+            raise QianfanError(Code.OVERLOADED)
+        place = AdmissionTicket()
+        place.predicted_wait = self.predicted_wait
+        return place
+
+
+async def burst(predicted_wait: float, refusals: int, gap: float) -> list[str]:
+    """One request admitted at the door, then `refusals` more, `gap` seconds apart: the order in
+    which they got past the door (admitted: reached the route; refused: answer sent)."""
+    order: list[str] = []
+
+    async def route(scope, receive, send):
+        order.append("admitted")
+
+    door = AdmissionDoor(route)
+    app = SimpleNamespace(state=SimpleNamespace(serving=BurstServing(predicted_wait)))
+    scope = {"type": "http", "method": "POST", "path": CHAT + "svc", "app": app, "headers": []}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def refused_send(message):
+        if message["type"] == "http.response.body":
+            order.append("refused")
+
+    async def refusals_in_turn():
+        for _ in range(refusals):
+            await door(dict(scope), receive, refused_send)
+            await asyncio.sleep(gap)
+
+    admitted = asyncio.create_task(door(dict(scope), receive, refused_send))
+    await asyncio.sleep(0)
+    await refusals_in_turn()
+    await admitted
+    return order
+
+
+async def test_a_request_that_will_wait_anyway_lets_the_bursts_refusals_go_first(monkeypatch):
+    monkeypatch.setattr(door_module, "QUIET_SECONDS", 0.05)  # a loaded CI machine's loop stalls less than this
+    assert await burst(predicted_wait=5.0, refusals=10, gap=0.005) == ["refused"] * 10 + ["admitted"]
+
+
+async def test_a_request_that_starts_at_once_goes_first(monkeypatch):
+    monkeypatch.setattr(door_module, "QUIET_SECONDS", 0.05)
+    assert await burst(predicted_wait=0.0, refusals=3, gap=0.005) == ["admitted"] + ["refused"] * 3
+
+
+async def test_it_yields_no_longer_than_its_predicted_wait(monkeypatch):
+    monkeypatch.setattr(door_module, "QUIET_SECONDS", 0.05)
+    order = await burst(predicted_wait=0.2, refusals=40, gap=0.02)  # refusals for about 0.8 s
+    assert order.index("admitted") < 30

@@ -507,6 +507,26 @@ async def test_a_request_that_cannot_start_in_time_is_refused_at_once(chat_promp
         await small.close()
 
 
+async def test_a_place_at_the_door_carries_its_predicted_wait(chat_prompt):
+    """0 while a sequence is free; more once the only sequence is taken (the door lets such a
+    request yield to a burst's refusals: api/door.py)."""
+    single = LlamaCppEngine(default_model_path(), parallel=1, kv_cells=512, threads=1, max_queue_wait=600.0, show_progress=False)
+    await single.start()
+    try:
+        first = single.reserve()
+        assert first.predicted_wait == 0.0
+        single.check_admission(64, first)
+        stream = single.generate(request(prompt_of(chat_prompt, "Count from one to twenty."), max_tokens=64, min_tokens=64))
+        await stream.__anext__()  # running: the sequence is taken
+        second = single.reserve()
+        assert second.predicted_wait > 0.0
+        second.release()
+        async for _ in stream:
+            pass
+    finally:
+        await single.close()
+
+
 async def test_one_long_sequence_uses_the_cells_several_short_ones_would(chat_prompt):
     """A unified pool of 1024 cells for 2 sequences: one prompt of ~700 tokens fits (two regions of
     512 would not); a second request that needs more cells than are left waits, then runs."""

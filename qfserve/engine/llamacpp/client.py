@@ -240,7 +240,7 @@ class LlamaCppEngine(Engine):
             raise EngineUnavailable("the engine is not loaded")
         ticket = _Ticket(self)
         with self._lock:
-            self._refuse_if_overloaded()
+            ticket.predicted_wait = self._refuse_if_overloaded()
             self.predictor.opened(ticket)
         return ticket
 
@@ -254,14 +254,17 @@ class LlamaCppEngine(Engine):
             self._refuse_if_overloaded()
             self.predictor.admitted(max_tokens)
 
-    def _refuse_if_overloaded(self) -> None:
-        """Under self._lock: raise EngineOverloaded for a live request that could not start in time."""
+    def _refuse_if_overloaded(self) -> float:
+        """Under self._lock: raise EngineOverloaded for a live request that could not start in time;
+        else its predicted wait in seconds."""
         if len(self._routes) >= self.config.parallel + self.config.queue_size:
             self.rejected += 1
             raise EngineOverloaded("the engine queue is full")
-        if self.predictor.wait(self._routes.values()) > self.config.max_queue_wait:
+        wait = self.predictor.wait(self._routes.values())
+        if wait > self.config.max_queue_wait:
             self.rejected += 1
             raise EngineOverloaded("the predicted queue wait exceeds the bound")
+        return wait
 
     # -- generation ---------------------------------------------------------------------------
 
