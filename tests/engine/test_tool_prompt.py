@@ -102,6 +102,7 @@ def test_caps_shrink_until_nested_arrays_fit_the_budget():
     assert 1 <= attendees["maxItems"] < tool_prompt.ARRAY_CAP
     assert tool_prompt.STRING_FLOOR <= schema["properties"]["title"]["maxLength"] < tool_prompt.STRING_CAP
     assert attendees["items"]["properties"]["email"]["maxLength"] == 200  # the schema's own size stays
+    assert json.loads(tool_prompt.bounded_text(json.dumps(EVENT))) == schema  # the cached form, per request
 
 
 def test_caps_stop_at_their_floors_and_respect_minimums():

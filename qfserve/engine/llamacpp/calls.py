@@ -10,7 +10,6 @@ whole and valid against its schema.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import AsyncIterator
 
@@ -42,7 +41,7 @@ def output_constraint(constraint: Constraint) -> Constraint:
     arrays (so a rambling model still closes the JSON within max_tokens), its grammar filled in."""
     if constraint.grammar is not None:
         return constraint
-    schema = schema_text(tool_prompt.bounded(json.loads(constraint.json_schema)))
+    schema = tool_prompt.bounded_text(constraint.json_schema)
     return with_grammar(replace(constraint, json_schema=schema))
 
 
